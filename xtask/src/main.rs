@@ -1,0 +1,51 @@
+//! `cargo xtask`: project automation.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "cargo xtask", about = "we-operator project automation")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Write deploy/crds/workflowexecutions.kubernaut.ai.yaml from the Rust types.
+    Crdgen {
+        /// Fail instead of writing when the file is out of date.
+        #[arg(long)]
+        check: bool,
+    },
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the repository").to_path_buf()
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Crdgen { check } => crdgen(check),
+    }
+}
+
+fn crdgen(check: bool) -> Result<()> {
+    let path = repo_root().join(wfe_api::CRD_PATH);
+    let yaml = wfe_api::crd_yaml();
+    let current = std::fs::read_to_string(&path).unwrap_or_default();
+    if current == yaml {
+        println!("{} is up to date", wfe_api::CRD_PATH);
+        return Ok(());
+    }
+    if check {
+        anyhow::bail!("{} is out of date: run `cargo xtask crdgen`", wfe_api::CRD_PATH);
+    }
+    std::fs::create_dir_all(path.parent().expect("CRD path has a parent"))?;
+    std::fs::write(&path, yaml)?;
+    println!("wrote {}", wfe_api::CRD_PATH);
+    Ok(())
+}
