@@ -23,7 +23,10 @@ enum Cmd {
 }
 
 fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the repository").to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the repository")
+        .to_path_buf()
 }
 
 fn main() -> Result<()> {
@@ -42,7 +45,10 @@ fn crdgen(check: bool) -> Result<()> {
         return Ok(());
     }
     if check {
-        anyhow::bail!("{} is out of date: run `cargo xtask crdgen`", wfe_api::CRD_PATH);
+        anyhow::bail!(
+            "{} is out of date: run `cargo xtask crdgen`",
+            wfe_api::CRD_PATH
+        );
     }
     std::fs::create_dir_all(path.parent().expect("CRD path has a parent"))?;
     std::fs::write(&path, yaml)?;

@@ -7,8 +7,8 @@ use k8s_openapi::api::core::v1::{ObjectReference, ResourceRequirements};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    ExecutionConfig, ExecutionEngine, NamedDependency, ValidationError, WorkflowDependencies, WorkflowExecutionSpec,
-    WorkflowRef,
+    ExecutionConfig, ExecutionEngine, NamedDependency, ValidationError, WorkflowDependencies,
+    WorkflowExecutionSpec, WorkflowRef,
 };
 
 /// A workflow as the catalog service returns it (snake_case JSON).
@@ -19,7 +19,11 @@ pub struct CatalogEntry {
     /// Version of the workflow.
     pub version: String,
     /// Human-readable name (`workflow_name` is accepted too).
-    #[serde(default, alias = "workflow_name", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "workflow_name",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub name: Option<String>,
     /// `tekton`, `job`, or absent (means `tekton`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -94,7 +98,9 @@ pub struct ExecutionRequest {
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     /// The catalog names an engine this API does not know.
-    #[error("catalog entry {workflow_id}: unsupported execution_engine {engine:?} (expected \"tekton\" or \"job\")")]
+    #[error(
+        "catalog entry {workflow_id}: unsupported execution_engine {engine:?} (expected \"tekton\" or \"job\")"
+    )]
     UnsupportedEngine {
         /// Workflow id.
         workflow_id: String,
@@ -102,7 +108,9 @@ pub enum CatalogError {
         engine: String,
     },
     /// The image already carries a digest that disagrees with `container_digest`.
-    #[error("catalog entry {workflow_id}: container_image digest {image_digest} differs from container_digest {digest}")]
+    #[error(
+        "catalog entry {workflow_id}: container_image digest {image_digest} differs from container_digest {digest}"
+    )]
     DigestMismatch {
         /// Workflow id.
         workflow_id: String,
@@ -128,9 +136,10 @@ impl CatalogEntry {
     /// The engine the catalog declares (missing or empty → `tekton`).
     pub fn engine(&self) -> Result<ExecutionEngine, CatalogError> {
         match ExecutionEngine::parse_lenient(self.execution_engine.as_deref().unwrap_or("")) {
-            ExecutionEngine::Unsupported(engine) => {
-                Err(CatalogError::UnsupportedEngine { workflow_id: self.workflow_id.clone(), engine })
-            }
+            ExecutionEngine::Unsupported(engine) => Err(CatalogError::UnsupportedEngine {
+                workflow_id: self.workflow_id.clone(),
+                engine,
+            }),
             e => Ok(e),
         }
     }
@@ -139,12 +148,17 @@ impl CatalogEntry {
     /// does not already carry a digest.
     pub fn pinned_image(&self) -> Result<String, CatalogError> {
         let image = self.container_image.trim();
-        match (image.rsplit_once('@'), self.container_digest.as_deref().filter(|d| !d.is_empty())) {
-            (Some((_, image_digest)), Some(digest)) if image_digest != digest => Err(CatalogError::DigestMismatch {
-                workflow_id: self.workflow_id.clone(),
-                image_digest: image_digest.to_string(),
-                digest: digest.to_string(),
-            }),
+        match (
+            image.rsplit_once('@'),
+            self.container_digest.as_deref().filter(|d| !d.is_empty()),
+        ) {
+            (Some((_, image_digest)), Some(digest)) if image_digest != digest => {
+                Err(CatalogError::DigestMismatch {
+                    workflow_id: self.workflow_id.clone(),
+                    image_digest: image_digest.to_string(),
+                    digest: digest.to_string(),
+                })
+            }
             (None, Some(digest)) => Ok(format!("{image}@{digest}")),
             _ => Ok(image.to_string()),
         }
@@ -153,10 +167,15 @@ impl CatalogEntry {
     /// Builds the spec of a WorkflowExecution for this workflow: the engine, image, digest, service
     /// account, dependencies, resources and parameter allow-list come from the catalog; target,
     /// parameters and references from the request. The result is validated.
-    pub fn to_spec(&self, request: ExecutionRequest) -> Result<WorkflowExecutionSpec, CatalogError> {
+    pub fn to_spec(
+        &self,
+        request: ExecutionRequest,
+    ) -> Result<WorkflowExecutionSpec, CatalogError> {
         let execution_engine = self.engine()?;
         if let Some(params) = &self.parameters
-            && let Some(missing) = params.iter().find(|p| p.required && !request.parameters.contains_key(&p.name))
+            && let Some(missing) = params
+                .iter()
+                .find(|p| p.required && !request.parameters.contains_key(&p.name))
         {
             return Err(CatalogError::MissingParameter {
                 workflow_id: self.workflow_id.clone(),
@@ -164,13 +183,24 @@ impl CatalogEntry {
             });
         }
         let dependencies = self.dependencies.as_ref().map(|d| WorkflowDependencies {
-            secrets: d.secrets.iter().map(|n| NamedDependency { name: n.clone() }).collect(),
-            config_maps: d.config_maps.iter().map(|n| NamedDependency { name: n.clone() }).collect(),
+            secrets: d
+                .secrets
+                .iter()
+                .map(|n| NamedDependency { name: n.clone() })
+                .collect(),
+            config_maps: d
+                .config_maps
+                .iter()
+                .map(|n| NamedDependency { name: n.clone() })
+                .collect(),
         });
         let timeout = request.timeout.or_else(|| self.timeout.clone());
         let service_account_name = self.service_account_name.clone().filter(|s| !s.is_empty());
-        let execution_config = (timeout.is_some() || service_account_name.is_some())
-            .then_some(ExecutionConfig { timeout, service_account_name });
+        let execution_config =
+            (timeout.is_some() || service_account_name.is_some()).then_some(ExecutionConfig {
+                timeout,
+                service_account_name,
+            });
         let spec = WorkflowExecutionSpec {
             execution_engine,
             workflow_ref: WorkflowRef {

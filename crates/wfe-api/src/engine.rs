@@ -76,7 +76,10 @@ impl<'de> Deserialize<'de> for ExecutionEngine {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         // `null` is treated like a missing field.
         let value = Option::<String>::deserialize(deserializer)?;
-        Ok(value.as_deref().map(Self::parse_lenient).unwrap_or_default())
+        Ok(value
+            .as_deref()
+            .map(Self::parse_lenient)
+            .unwrap_or_default())
     }
 }
 
@@ -106,7 +109,13 @@ mod tests {
             #[serde(default)]
             e: ExecutionEngine,
         }
-        for json in [r#"{}"#, r#"{"e":""}"#, r#"{"e":null}"#, r#"{"e":"tekton"}"#, r#"{"e":" Tekton "}"#] {
+        for json in [
+            r#"{}"#,
+            r#"{"e":""}"#,
+            r#"{"e":null}"#,
+            r#"{"e":"tekton"}"#,
+            r#"{"e":" Tekton "}"#,
+        ] {
             let s: S = serde_json::from_str(json).unwrap();
             assert_eq!(s.e, ExecutionEngine::Tekton, "{json}");
         }
@@ -119,8 +128,14 @@ mod tests {
 
     #[test]
     fn serializes_to_wire_value() {
-        assert_eq!(serde_json::to_string(&ExecutionEngine::Job).unwrap(), r#""job""#);
-        assert_eq!(serde_json::to_string(&ExecutionEngine::Tekton).unwrap(), r#""tekton""#);
+        assert_eq!(
+            serde_json::to_string(&ExecutionEngine::Job).unwrap(),
+            r#""job""#
+        );
+        assert_eq!(
+            serde_json::to_string(&ExecutionEngine::Tekton).unwrap(),
+            r#""tekton""#
+        );
         assert_eq!(ExecutionEngine::default().to_string(), "tekton");
     }
 }

@@ -33,8 +33,16 @@ impl<'a> TargetResource<'a> {
             return Err(TargetError::EmptyPart(raw.to_string()));
         }
         match parts.as_slice() {
-            [kind, name] => Ok(Self { namespace: None, kind, name }),
-            [ns, kind, name] => Ok(Self { namespace: Some(ns), kind, name }),
+            [kind, name] => Ok(Self {
+                namespace: None,
+                kind,
+                name,
+            }),
+            [ns, kind, name] => Ok(Self {
+                namespace: Some(ns),
+                kind,
+                name,
+            }),
             _ => Err(TargetError::Shape(raw.to_string())),
         }
     }
@@ -58,7 +66,9 @@ impl TargetKey {
     /// The key of a raw `targetResource`. An unparsable value is its own key (trimmed), so that even
     /// malformed requests are grouped consistently.
     pub fn of(raw: &str) -> Self {
-        TargetResource::parse(raw).map(|t| t.key()).unwrap_or_else(|_| TargetKey(raw.trim().to_string()))
+        TargetResource::parse(raw)
+            .map(|t| t.key())
+            .unwrap_or_else(|_| TargetKey(raw.trim().to_string()))
     }
 
     /// The key as a string.
@@ -80,7 +90,10 @@ mod tests {
     #[test]
     fn parses_both_shapes() {
         let t = TargetResource::parse("production/Deployment/my-app").unwrap();
-        assert_eq!((t.namespace, t.kind, t.name), (Some("production"), "Deployment", "my-app"));
+        assert_eq!(
+            (t.namespace, t.kind, t.name),
+            (Some("production"), "Deployment", "my-app")
+        );
         let t = TargetResource::parse("Node/worker-1").unwrap();
         assert_eq!((t.namespace, t.kind, t.name), (None, "Node", "worker-1"));
     }
@@ -94,9 +107,18 @@ mod tests {
 
     #[test]
     fn key_lowercases_kind_only() {
-        assert_eq!(TargetKey::of("ns/Deployment/My-App").as_str(), "ns/deployment/My-App");
-        assert_eq!(TargetKey::of("ns/Deployment/x"), TargetKey::of("ns/deployment/x"));
-        assert_ne!(TargetKey::of("NS/deployment/x"), TargetKey::of("ns/deployment/x"));
+        assert_eq!(
+            TargetKey::of("ns/Deployment/My-App").as_str(),
+            "ns/deployment/My-App"
+        );
+        assert_eq!(
+            TargetKey::of("ns/Deployment/x"),
+            TargetKey::of("ns/deployment/x")
+        );
+        assert_ne!(
+            TargetKey::of("NS/deployment/x"),
+            TargetKey::of("ns/deployment/x")
+        );
         assert_eq!(TargetKey::of("Node/n1").as_str(), "node/n1");
         assert_eq!(TargetKey::of(" garbage ").as_str(), "garbage");
     }

@@ -449,7 +449,9 @@ impl FailureReason {
     pub fn is_guard_outcome(self) -> bool {
         matches!(
             self,
-            FailureReason::Deduplicated | FailureReason::ExhaustedRetries | FailureReason::PreviousExecutionFailed
+            FailureReason::Deduplicated
+                | FailureReason::ExhaustedRetries
+                | FailureReason::PreviousExecutionFailed
         )
     }
 }
@@ -463,7 +465,10 @@ impl fmt::Display for FailureReason {
 impl WorkflowExecution {
     /// The phase, `Pending` when no status was written yet.
     pub fn phase(&self) -> Phase {
-        self.status.as_ref().and_then(|s| s.phase).unwrap_or(Phase::Pending)
+        self.status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .unwrap_or(Phase::Pending)
     }
 
     /// The engine to use (never empty: missing means `tekton`).
@@ -478,7 +483,11 @@ impl WorkflowExecution {
 
     /// A condition by type.
     pub fn condition(&self, type_: &str) -> Option<&Condition> {
-        self.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
+        self.status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
     }
 }
 

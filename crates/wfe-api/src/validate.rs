@@ -43,7 +43,10 @@ impl fmt::Display for ValidationError {
 }
 
 fn err(field: impl Into<String>, message: impl Into<String>) -> FieldError {
-    FieldError { field: field.into(), message: message.into() }
+    FieldError {
+        field: field.into(),
+        message: message.into(),
+    }
 }
 
 /// True for `[A-Za-z_][A-Za-z0-9_]*`.
@@ -64,9 +67,11 @@ pub fn is_digest_pinned(image: &str) -> bool {
     match image.rsplit_once('@') {
         Some((repo, digest)) => {
             !repo.is_empty()
-                && digest
-                    .strip_prefix("sha256:")
-                    .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+                && digest.strip_prefix("sha256:").is_some_and(|h| {
+                    h.len() == 64
+                        && h.bytes()
+                            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                })
         }
         None => false,
     }
@@ -103,14 +108,25 @@ pub fn check_image_reference(image: &str) -> Result<(), String> {
     if repo.is_empty() || repo.starts_with('/') || repo.ends_with('/') || repo.contains("//") {
         return Err(format!("repository {repo:?} is malformed"));
     }
-    let path_ok = repo.split('/').skip(usize::from(repo.contains('/'))).all(|c| {
-        !c.is_empty() && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
-    });
+    let path_ok = repo
+        .split('/')
+        .skip(usize::from(repo.contains('/')))
+        .all(|c| {
+            !c.is_empty()
+                && c.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        });
     if !path_ok {
-        return Err(format!("repository {repo:?} must be lower-case letters, digits and . _ -"));
+        return Err(format!(
+            "repository {repo:?} must be lower-case letters, digits and . _ -"
+        ));
     }
     if let Some(t) = tag
-        && (t.is_empty() || t.len() > 128 || !t.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)))
+        && (t.is_empty()
+            || t.len() > 128
+            || !t
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)))
     {
         return Err(format!("tag {t:?} is malformed"));
     }
@@ -129,13 +145,19 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let mut total = 0f64;
     let mut rest = s;
     while !rest.is_empty() {
-        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
         if num_len == 0 {
             return Err(format!("invalid duration {text:?}"));
         }
-        let value: f64 = rest[..num_len].parse().map_err(|_| format!("invalid duration {text:?}"))?;
+        let value: f64 = rest[..num_len]
+            .parse()
+            .map_err(|_| format!("invalid duration {text:?}"))?;
         rest = &rest[num_len..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let factor = match &rest[..unit_len] {
             "ns" => 1e-9,
             "us" | "µs" => 1e-6,
@@ -170,7 +192,11 @@ pub fn format_duration(d: Duration) -> String {
 impl WorkflowExecutionSpec {
     /// The execution timeout (default 30 minutes).
     pub fn timeout(&self) -> Result<Duration, String> {
-        match self.execution_config.as_ref().and_then(|c| c.timeout.as_deref()) {
+        match self
+            .execution_config
+            .as_ref()
+            .and_then(|c| c.timeout.as_deref())
+        {
             None => Ok(DEFAULT_TIMEOUT),
             Some(t) => {
                 let d = parse_duration(t)?;
@@ -190,7 +216,10 @@ impl WorkflowExecutionSpec {
     pub fn validate(&self) -> Result<(), ValidationError> {
         let mut errors = Vec::new();
         if let ExecutionEngine::Unsupported(e) = &self.execution_engine {
-            errors.push(err("spec.executionEngine", format!("unsupported value {e:?}: must be \"tekton\" or \"job\"")));
+            errors.push(err(
+                "spec.executionEngine",
+                format!("unsupported value {e:?}: must be \"tekton\" or \"job\""),
+            ));
         }
         let wr = &self.workflow_ref;
         if wr.workflow_id.trim().is_empty() {
@@ -200,7 +229,10 @@ impl WorkflowExecutionSpec {
             errors.push(err("spec.workflowRef.containerImage", e));
         }
         if let Some(deps) = &wr.dependencies {
-            for (kind, list) in [("secrets", &deps.secrets), ("configMaps", &deps.config_maps)] {
+            for (kind, list) in [
+                ("secrets", &deps.secrets),
+                ("configMaps", &deps.config_maps),
+            ] {
                 for (i, d) in list.iter().enumerate() {
                     if !is_dns_subdomain(&d.name) {
                         errors.push(err(
@@ -223,30 +255,51 @@ impl WorkflowExecutionSpec {
                     "name must be a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*)",
                 ));
             } else if is_reserved_parameter(k) {
-                errors.push(err(format!("spec.parameters[{k}]"), "name is reserved (TARGET_RESOURCE, HOME, TMPDIR, WFE_*)"));
+                errors.push(err(
+                    format!("spec.parameters[{k}]"),
+                    "name is reserved (TARGET_RESOURCE, HOME, TMPDIR, WFE_*)",
+                ));
             }
         }
         if size > MAX_PARAMETERS_BYTES {
-            errors.push(err("spec.parameters", format!("total size {size} bytes exceeds {MAX_PARAMETERS_BYTES} bytes")));
+            errors.push(err(
+                "spec.parameters",
+                format!("total size {size} bytes exceeds {MAX_PARAMETERS_BYTES} bytes"),
+            ));
         }
         if let Err(e) = self.timeout() {
             errors.push(err("spec.executionConfig.timeout", e));
         }
-        if let Some(sa) = self.execution_config.as_ref().and_then(|c| c.service_account_name.as_deref())
+        if let Some(sa) = self
+            .execution_config
+            .as_ref()
+            .and_then(|c| c.service_account_name.as_deref())
             && !sa.is_empty()
             && !is_dns_subdomain(sa)
         {
-            errors.push(err("spec.executionConfig.serviceAccountName", format!("{sa:?} is not a valid name")));
+            errors.push(err(
+                "spec.executionConfig.serviceAccountName",
+                format!("{sa:?} is not a valid name"),
+            ));
         }
         if let Some(c) = self.confidence
             && !(0.0..=1.0).contains(&c)
         {
             errors.push(err("spec.confidence", "must be between 0 and 1"));
         }
-        if self.remediation_request_ref.name.as_deref().is_none_or(str::is_empty) {
+        if self
+            .remediation_request_ref
+            .name
+            .as_deref()
+            .is_none_or(str::is_empty)
+        {
             errors.push(err("spec.remediationRequestRef.name", "must not be empty"));
         }
-        if errors.is_empty() { Ok(()) } else { Err(ValidationError(errors)) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ValidationError(errors))
+        }
     }
 }
 
@@ -256,7 +309,9 @@ pub fn is_dns_subdomain(name: &str) -> bool {
         && name.len() <= 253
         && name.split('.').all(|label| {
             !label.is_empty()
-                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
@@ -276,14 +331,22 @@ mod tests {
         for bad in ["", "1A", "a-b", "a b", "a.b", "ä", "A=B", "$X"] {
             assert!(!is_env_name(bad), "{bad}");
         }
-        assert!(is_reserved_parameter("HOME") && is_reserved_parameter("WFE_NAME") && !is_reserved_parameter("WFEX"));
+        assert!(
+            is_reserved_parameter("HOME")
+                && is_reserved_parameter("WFE_NAME")
+                && !is_reserved_parameter("WFEX")
+        );
     }
 
     #[test]
     fn digest_pinning() {
-        assert!(is_digest_pinned(&format!("registry.example.com/remediation/restart:v1.2@{DIGEST}")));
+        assert!(is_digest_pinned(&format!(
+            "registry.example.com/remediation/restart:v1.2@{DIGEST}"
+        )));
         assert!(is_digest_pinned(&format!("oci://quay.io/x/y@{DIGEST}")));
-        assert!(!is_digest_pinned("registry.example.com/remediation/restart:v1.2"));
+        assert!(!is_digest_pinned(
+            "registry.example.com/remediation/restart:v1.2"
+        ));
         assert!(!is_digest_pinned("x@sha256:abc"));
         assert!(!is_digest_pinned(&format!("@{DIGEST}")));
         assert!(!is_digest_pinned(&format!("x@{}", DIGEST.to_uppercase())));
@@ -300,7 +363,18 @@ mod tests {
         ] {
             assert_eq!(check_image_reference(ok), Ok(()), "{ok}");
         }
-        for bad in ["", "Busybox", "a b", "x:", "x@sha256", "x@sha256:zz", "/x", "x//y", "x:\n", "x:tag!"] {
+        for bad in [
+            "",
+            "Busybox",
+            "a b",
+            "x:",
+            "x@sha256",
+            "x@sha256:zz",
+            "/x",
+            "x//y",
+            "x:\n",
+            "x:tag!",
+        ] {
             assert!(check_image_reference(bad).is_err(), "{bad:?}");
         }
     }

@@ -7,7 +7,16 @@ use wfe_api::{WorkflowExecution, crd_yaml};
 
 fn schema() -> Value {
     let crd = WorkflowExecution::crd();
-    serde_json::to_value(crd.spec.versions[0].schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap()).unwrap()
+    serde_json::to_value(
+        crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .unwrap()
+            .open_api_v3_schema
+            .as_ref()
+            .unwrap(),
+    )
+    .unwrap()
 }
 
 const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -61,14 +70,21 @@ fn cel(obj: &Value, old: Option<&Value>) -> Result<(), String> {
                     e.message
                 );
             }
-            Err(errors.iter().map(|e| format!("{}: {}", e.field_path, e.message)).collect::<Vec<_>>().join("; "))
+            Err(errors
+                .iter()
+                .map(|e| format!("{}: {}", e.field_path, e.message))
+                .collect::<Vec<_>>()
+                .join("; "))
         }
     }
 }
 
 #[test]
 fn committed_crd_matches_the_types() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/crds/workflowexecutions.kubernaut.ai.yaml");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/crds/workflowexecutions.kubernaut.ai.yaml"
+    );
     let committed = std::fs::read_to_string(path).unwrap_or_default();
     assert!(
         committed == crd_yaml(),
@@ -80,13 +96,27 @@ fn committed_crd_matches_the_types() {
 fn crd_identity() {
     let crd = WorkflowExecution::crd();
     assert_eq!(crd.spec.group, "kubernaut.ai");
-    assert_eq!(crd.spec.names.short_names.as_deref(), Some(&["wfe".to_string()][..]));
+    assert_eq!(
+        crd.spec.names.short_names.as_deref(),
+        Some(&["wfe".to_string()][..])
+    );
     assert_eq!(crd.spec.scope, "Namespaced");
     let v = &crd.spec.versions[0];
     assert_eq!(v.name, "v1alpha1");
     assert!(v.subresources.as_ref().unwrap().status.is_some());
-    let cols: Vec<&str> = v.additional_printer_columns.as_ref().unwrap().iter().map(|c| c.name.as_str()).collect();
-    assert_eq!(cols, ["Phase", "Engine", "Workflow", "Target", "Reason", "Duration", "Age"]);
+    let cols: Vec<&str> = v
+        .additional_printer_columns
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(
+        cols,
+        [
+            "Phase", "Engine", "Workflow", "Target", "Reason", "Duration", "Age"
+        ]
+    );
 }
 
 /// Every property of spec and status carries a description (shown by `kubectl explain`).
@@ -96,7 +126,10 @@ fn every_field_is_described() {
         if let Some(props) = s.get("properties").and_then(Value::as_object) {
             for (name, p) in props {
                 let here = format!("{path}.{name}");
-                if p.get("description").and_then(Value::as_str).is_none_or(str::is_empty) {
+                if p.get("description")
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
+                {
                     missing.push(here.clone());
                 }
                 walk(&here, p, missing);
@@ -113,7 +146,10 @@ fn every_field_is_described() {
     for top in ["spec", "status"] {
         walk(top, &s["properties"][top], &mut missing);
     }
-    assert!(missing.is_empty(), "fields without description: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "fields without description: {missing:?}"
+    );
 }
 
 #[test]
@@ -122,52 +158,97 @@ fn engine_schema_admits_empty_and_defaults_to_tekton() {
     assert_eq!(e["default"], "tekton");
     assert_eq!(e["enum"], json!(["tekton", "job", ""]));
     let phase = &schema()["properties"]["status"]["properties"]["phase"];
-    assert!(phase["enum"].as_array().unwrap().contains(&json!("Completed")));
+    assert!(
+        phase["enum"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("Completed"))
+    );
 }
 
 #[test]
 fn cel_accepts_a_valid_object() {
     assert_eq!(cel(&object(json!({})), None), Ok(()));
-    assert_eq!(cel(&object(json!({"targetResource": "Node/worker-1", "parameters": null})), None), Ok(()));
+    assert_eq!(
+        cel(
+            &object(json!({"targetResource": "Node/worker-1", "parameters": null})),
+            None
+        ),
+        Ok(())
+    );
 }
 
 #[test]
 fn cel_target_format() {
     for bad in ["a", "a/b/c/d", "a//b", "/a/b", "a/b/", "ns/ /x"] {
         let r = cel(&object(json!({"targetResource": bad})), None);
-        assert!(r.as_ref().is_err_and(|e| e.contains("targetResource")), "{bad:?}: {r:?}");
+        assert!(
+            r.as_ref().is_err_and(|e| e.contains("targetResource")),
+            "{bad:?}: {r:?}"
+        );
     }
 }
 
 #[test]
 fn cel_parameter_names() {
-    for bad in ["bad-key", "1abc", "with space", "TARGET_RESOURCE", "HOME", "TMPDIR", "WFE_NAME"] {
+    for bad in [
+        "bad-key",
+        "1abc",
+        "with space",
+        "TARGET_RESOURCE",
+        "HOME",
+        "TMPDIR",
+        "WFE_NAME",
+    ] {
         let r = cel(&object(json!({"parameters": {bad: "x"}})), None);
         assert!(r.is_err(), "{bad:?} should be refused");
     }
-    assert_eq!(cel(&object(json!({"parameters": {"_ok": "x", "WFEX": "y"}})), None), Ok(()));
+    assert_eq!(
+        cel(
+            &object(json!({"parameters": {"_ok": "x", "WFEX": "y"}})),
+            None
+        ),
+        Ok(())
+    );
 }
 
 #[test]
 fn cel_confidence_range() {
     for bad in [-0.1, 1.5] {
-        assert!(cel(&object(json!({"confidence": bad})), None).is_err(), "{bad}");
+        assert!(
+            cel(&object(json!({"confidence": bad})), None).is_err(),
+            "{bad}"
+        );
     }
     for ok in [0.0, 1.0, 0.5] {
-        assert_eq!(cel(&object(json!({"confidence": ok})), None), Ok(()), "{ok}");
+        assert_eq!(
+            cel(&object(json!({"confidence": ok})), None),
+            Ok(()),
+            "{ok}"
+        );
     }
 }
 
 #[test]
 fn cel_timeout_is_a_positive_duration() {
     assert!(cel(&object(json!({"executionConfig": {"timeout": "0s"}})), None).is_err());
-    assert_eq!(cel(&object(json!({"executionConfig": {"timeout": "1h30m"}})), None), Ok(()));
+    assert_eq!(
+        cel(
+            &object(json!({"executionConfig": {"timeout": "1h30m"}})),
+            None
+        ),
+        Ok(())
+    );
 }
 
 #[test]
 fn cel_spec_is_immutable() {
     let old = object(json!({}));
-    assert_eq!(cel(&old, Some(&old)), Ok(()), "an identical re-submit is accepted");
+    assert_eq!(
+        cel(&old, Some(&old)),
+        Ok(()),
+        "an identical re-submit is accepted"
+    );
     for change in [
         json!({"executionEngine": "tekton"}),
         json!({"parameters": {"podName": "other"}}),

@@ -30,7 +30,8 @@ fn missing_engine_is_tekton_and_round_trips() {
     let w = wfe(base_spec());
     assert_eq!(w.spec.execution_engine, ExecutionEngine::Tekton);
     assert_eq!(w.phase(), Phase::Pending);
-    let back: WorkflowExecution = serde_json::from_value(serde_json::to_value(&w).unwrap()).unwrap();
+    let back: WorkflowExecution =
+        serde_json::from_value(serde_json::to_value(&w).unwrap()).unwrap();
     assert_eq!(back.spec, w.spec);
 }
 
@@ -47,12 +48,16 @@ fn job_engine_round_trips() {
     s["executionEngine"] = json!("job");
     let w = wfe(s);
     assert_eq!(w.spec.execution_engine, ExecutionEngine::Job);
-    assert_eq!(serde_json::to_value(&w.spec).unwrap()["executionEngine"], "job");
+    assert_eq!(
+        serde_json::to_value(&w.spec).unwrap()["executionEngine"],
+        "job"
+    );
 }
 
 #[test]
 fn legacy_completed_phase_reads_as_succeeded() {
-    let status: WorkflowExecutionStatus = serde_json::from_value(json!({"phase": "Completed"})).unwrap();
+    let status: WorkflowExecutionStatus =
+        serde_json::from_value(json!({"phase": "Completed"})).unwrap();
     assert_eq!(status.phase, Some(Phase::Succeeded));
     assert_eq!(serde_json::to_value(&status).unwrap()["phase"], "Succeeded");
     let status: WorkflowExecutionStatus = serde_json::from_value(json!({"phase": ""})).unwrap();
@@ -75,7 +80,8 @@ fn full_status_round_trips() {
     }))
     .unwrap();
     assert_eq!(status.failure_reason, Some(FailureReason::OomKilled));
-    let again: WorkflowExecutionStatus = serde_json::from_value(serde_json::to_value(&status).unwrap()).unwrap();
+    let again: WorkflowExecutionStatus =
+        serde_json::from_value(serde_json::to_value(&status).unwrap()).unwrap();
     assert_eq!(again, status);
 }
 
@@ -84,9 +90,22 @@ fn effective_parameters_apply_the_allow_list_sorted() {
     let mut s = base_spec();
     s["parameters"] = json!({"b": "2", "a": "1", "c": "3"});
     let w = wfe(s.clone());
-    assert_eq!(w.spec.effective_parameters().into_iter().collect::<Vec<_>>(), [("a", "1"), ("b", "2"), ("c", "3")]);
+    assert_eq!(
+        w.spec
+            .effective_parameters()
+            .into_iter()
+            .collect::<Vec<_>>(),
+        [("a", "1"), ("b", "2"), ("c", "3")]
+    );
     s["workflowRef"]["declaredParameterNames"] = json!(["c", "a"]);
-    assert_eq!(wfe(s.clone()).spec.effective_parameters().into_iter().collect::<Vec<_>>(), [("a", "1"), ("c", "3")]);
+    assert_eq!(
+        wfe(s.clone())
+            .spec
+            .effective_parameters()
+            .into_iter()
+            .collect::<Vec<_>>(),
+        [("a", "1"), ("c", "3")]
+    );
     s["workflowRef"]["declaredParameterNames"] = json!([]);
     assert!(wfe(s).spec.effective_parameters().is_empty());
 }
@@ -96,20 +115,56 @@ fn validate_names_each_bad_field() {
     let ok = wfe(base_spec());
     assert_eq!(ok.spec.validate(), Ok(()));
     let cases: &[(serde_json::Value, &str)] = &[
-        (json!({"targetResource": "just-a-name"}), "spec.targetResource"),
+        (
+            json!({"targetResource": "just-a-name"}),
+            "spec.targetResource",
+        ),
         (json!({"targetResource": "a/b/c/d"}), "spec.targetResource"),
-        (json!({"parameters": {"bad-key": "x"}}), "spec.parameters[bad-key]"),
-        (json!({"parameters": {"HOME": "x"}}), "spec.parameters[HOME]"),
-        (json!({"parameters": {"WFE_NAME": "x"}}), "spec.parameters[WFE_NAME]"),
-        (json!({"parameters": {"BIG": "x".repeat(300 * 1024)}}), "spec.parameters"),
-        (json!({"workflowRef": {"workflowId": "", "version": "1", "containerImage": "x"}}), "spec.workflowRef.workflowId"),
-        (json!({"workflowRef": {"workflowId": "w", "version": "1", "containerImage": "Bad Image"}}), "spec.workflowRef.containerImage"),
-        (json!({"executionEngine": "ansible"}), "spec.executionEngine"),
-        (json!({"executionConfig": {"timeout": "forever"}}), "spec.executionConfig.timeout"),
-        (json!({"executionConfig": {"timeout": "1000h"}}), "spec.executionConfig.timeout"),
-        (json!({"executionConfig": {"serviceAccountName": "Bad_SA"}}), "spec.executionConfig.serviceAccountName"),
+        (
+            json!({"parameters": {"bad-key": "x"}}),
+            "spec.parameters[bad-key]",
+        ),
+        (
+            json!({"parameters": {"HOME": "x"}}),
+            "spec.parameters[HOME]",
+        ),
+        (
+            json!({"parameters": {"WFE_NAME": "x"}}),
+            "spec.parameters[WFE_NAME]",
+        ),
+        (
+            json!({"parameters": {"BIG": "x".repeat(300 * 1024)}}),
+            "spec.parameters",
+        ),
+        (
+            json!({"workflowRef": {"workflowId": "", "version": "1", "containerImage": "x"}}),
+            "spec.workflowRef.workflowId",
+        ),
+        (
+            json!({"workflowRef": {"workflowId": "w", "version": "1", "containerImage": "Bad Image"}}),
+            "spec.workflowRef.containerImage",
+        ),
+        (
+            json!({"executionEngine": "ansible"}),
+            "spec.executionEngine",
+        ),
+        (
+            json!({"executionConfig": {"timeout": "forever"}}),
+            "spec.executionConfig.timeout",
+        ),
+        (
+            json!({"executionConfig": {"timeout": "1000h"}}),
+            "spec.executionConfig.timeout",
+        ),
+        (
+            json!({"executionConfig": {"serviceAccountName": "Bad_SA"}}),
+            "spec.executionConfig.serviceAccountName",
+        ),
         (json!({"confidence": 2.0}), "spec.confidence"),
-        (json!({"remediationRequestRef": {}}), "spec.remediationRequestRef.name"),
+        (
+            json!({"remediationRequestRef": {}}),
+            "spec.remediationRequestRef.name",
+        ),
         (
             json!({"workflowRef": {"workflowId": "w", "version": "1", "containerImage": "x",
                    "dependencies": {"secrets": [{"name": "Bad Name"}]}}}),
@@ -122,7 +177,10 @@ fn validate_names_each_bad_field() {
             s[k] = v.clone();
         }
         let err = wfe(s).spec.validate().expect_err(field);
-        assert!(err.0.iter().any(|e| e.field == *field), "{patch}: expected {field}, got {err}");
+        assert!(
+            err.0.iter().any(|e| e.field == *field),
+            "{patch}: expected {field}, got {err}"
+        );
     }
 }
 
@@ -131,11 +189,18 @@ fn timeout_default_and_parse() {
     assert_eq!(wfe(base_spec()).spec.timeout(), Ok(DEFAULT_TIMEOUT));
     let mut s = base_spec();
     s["executionConfig"] = json!({"timeout": "90s"});
-    assert_eq!(wfe(s).spec.timeout(), Ok(std::time::Duration::from_secs(90)));
+    assert_eq!(
+        wfe(s).spec.timeout(),
+        Ok(std::time::Duration::from_secs(90))
+    );
 }
 
 fn rr() -> ObjectReference {
-    ObjectReference { name: Some("rr-oom-1".into()), namespace: Some("kubernaut-system".into()), ..Default::default() }
+    ObjectReference {
+        name: Some("rr-oom-1".into()),
+        namespace: Some("kubernaut-system".into()),
+        ..Default::default()
+    }
 }
 
 fn request() -> ExecutionRequest {
@@ -170,14 +235,33 @@ fn catalog_propagates_job_engine_and_pins_the_image() {
     .unwrap();
     let spec = entry.to_spec(request()).unwrap();
     assert_eq!(spec.execution_engine, ExecutionEngine::Job);
-    assert_eq!(spec.workflow_ref.container_image, format!("registry.example.com/remediation/restart:v1.2@{DIGEST}"));
+    assert_eq!(
+        spec.workflow_ref.container_image,
+        format!("registry.example.com/remediation/restart:v1.2@{DIGEST}")
+    );
     assert_eq!(spec.workflow_ref.container_digest.as_deref(), Some(DIGEST));
-    assert_eq!(spec.workflow_ref.name.as_deref(), Some("Restart with increased memory"));
-    assert_eq!(spec.workflow_ref.declared_parameter_names.as_ref().unwrap().len(), 3);
-    assert_eq!(spec.workflow_ref.dependencies.as_ref().unwrap().secrets[0].name, "registry-creds");
+    assert_eq!(
+        spec.workflow_ref.name.as_deref(),
+        Some("Restart with increased memory")
+    );
+    assert_eq!(
+        spec.workflow_ref
+            .declared_parameter_names
+            .as_ref()
+            .unwrap()
+            .len(),
+        3
+    );
+    assert_eq!(
+        spec.workflow_ref.dependencies.as_ref().unwrap().secrets[0].name,
+        "registry-creds"
+    );
     assert_eq!(spec.service_account("default"), "kubernaut-workflow-runner");
     assert_eq!(spec.timeout(), Ok(std::time::Duration::from_secs(300)));
-    assert_eq!(spec.remediation_request_ref.name.as_deref(), Some("rr-oom-1"));
+    assert_eq!(
+        spec.remediation_request_ref.name.as_deref(),
+        Some("rr-oom-1")
+    );
     assert_eq!(spec.parameters.len(), 3);
 }
 
@@ -189,7 +273,10 @@ fn catalog_without_engine_means_tekton() {
             v["execution_engine"] = engine;
         }
         let entry: CatalogEntry = serde_json::from_value(v).unwrap();
-        assert_eq!(entry.to_spec(request()).unwrap().execution_engine, ExecutionEngine::Tekton);
+        assert_eq!(
+            entry.to_spec(request()).unwrap().execution_engine,
+            ExecutionEngine::Tekton
+        );
     }
 }
 
@@ -202,7 +289,10 @@ fn catalog_errors_are_explicit() {
         container_image: "x".into(),
         ..Default::default()
     };
-    assert!(matches!(entry.to_spec(request()), Err(CatalogError::UnsupportedEngine { .. })));
+    assert!(matches!(
+        entry.to_spec(request()),
+        Err(CatalogError::UnsupportedEngine { .. })
+    ));
 
     let other = "sha256:".to_string() + &"f".repeat(64);
     let entry = CatalogEntry {
@@ -212,18 +302,33 @@ fn catalog_errors_are_explicit() {
         container_digest: Some(other),
         ..Default::default()
     };
-    assert!(matches!(entry.to_spec(request()), Err(CatalogError::DigestMismatch { .. })));
+    assert!(matches!(
+        entry.to_spec(request()),
+        Err(CatalogError::DigestMismatch { .. })
+    ));
 
     let entry = CatalogEntry {
         workflow_id: "w".into(),
         version: "1".into(),
         container_image: "x".into(),
-        parameters: Some(vec![CatalogParameter { name: "replicas".into(), required: true, ..Default::default() }]),
+        parameters: Some(vec![CatalogParameter {
+            name: "replicas".into(),
+            required: true,
+            ..Default::default()
+        }]),
         ..Default::default()
     };
-    assert!(matches!(entry.to_spec(request()), Err(CatalogError::MissingParameter { .. })));
+    assert!(matches!(
+        entry.to_spec(request()),
+        Err(CatalogError::MissingParameter { .. })
+    ));
 
-    let entry = CatalogEntry { workflow_id: "w".into(), version: "1".into(), container_image: "x".into(), ..Default::default() };
+    let entry = CatalogEntry {
+        workflow_id: "w".into(),
+        version: "1".into(),
+        container_image: "x".into(),
+        ..Default::default()
+    };
     let mut req = request();
     req.target_resource = "bad".into();
     assert!(matches!(entry.to_spec(req), Err(CatalogError::Invalid(_))));

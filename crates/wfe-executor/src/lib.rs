@@ -1,0 +1,182 @@
+//! # wfe-executor: the execution-engine contract
+//!
+//! A WorkflowExecution names an engine (`spec.executionEngine`); the controller looks the engine up
+//! in a [`Registry`] and talks to the [`Executor`] it finds. The controller never matches on engine
+//! names, so adding a backend means writing one crate that implements [`Executor`] and registering
+//! it in the binary.
+//!
+//! ## What every backend honours
+//!
+//! * **One resource per target.** The execution resource is named [`execution_name`] of the
+//!   target key (`wfe-` + 16 hex digits of sha256, the kind lower-cased) in the execution namespace.
+//!   The API server's name uniqueness is the lock.
+//! * **Create is idempotent.** If the resource exists and belongs to this WorkflowExecution (see
+//!   [`is_owned_by`]), [`Executor::create`] adopts it ([`CreateOutcome::Adopted`]). If it belongs
+//!   to another one and is still running, the result is [`CreateOutcome::HeldBy`], never an error
+//!   string. A finished resource of another WorkflowExecution is stale: the backend removes it and
+//!   creates its own.
+//! * **Labels and annotations** from [`execution_labels`] and [`execution_annotations`] on every
+//!   resource; label values are always valid. When the WorkflowExecution lives in the execution
+//!   namespace the resource also gets a controller ownerReference.
+//! * **Status** maps the backend's state to an [`Observation`]: running, succeeded, failed with a
+//!   classified [`Failure`], or deleted externally (NotFound is not an error).
+//! * **Delete** is idempotent and removes only a resource owned by this WorkflowExecution.
+//! * **Errors** are classified ([`ExecutorError`]) so that RBAC denials and quota errors become
+//!   `Forbidden` and `ResourceExhausted` failures, and transient errors are retried.
+//!
+//! [`conformance`] holds a test suite that checks these rules against a real API server; every
+//! backend crate runs it in its integration tests.
+
+pub mod conformance;
+mod error;
+mod naming;
+mod registry;
+
+use async_trait::async_trait;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use wfe_api::{
+    ExecutionEngine, ExecutionRef, ExecutionStatusSummary, FailureReason, FieldError,
+    WorkflowExecution,
+};
+
+pub use error::{ExecutorError, is_already_exists, is_not_found};
+pub use naming::*;
+pub use registry::Registry;
+
+/// What [`Executor::create`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CreateOutcome {
+    /// A new resource was created.
+    Created(ExecutionRef),
+    /// The resource already existed and belongs to this WorkflowExecution (for example after a
+    /// crash between create and the status write).
+    Adopted(ExecutionRef),
+    /// The resource exists, is still active and belongs to another WorkflowExecution.
+    HeldBy {
+        /// The existing resource.
+        reference: ExecutionRef,
+        /// Its owner.
+        holder: Owner,
+    },
+}
+
+/// A classified failure.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// The reason.
+    pub reason: FailureReason,
+    /// What happened, including the useful tail (termination message, last event).
+    pub message: String,
+    /// Exit code of the failed container or step.
+    pub exit_code: Option<i32>,
+    /// Failed task (TaskRun name) or container.
+    pub failed_task_name: Option<String>,
+    /// Index of the failed task.
+    pub failed_task_index: Option<i32>,
+    /// Failed step.
+    pub failed_step_name: Option<String>,
+    /// True only when the workflow actually started.
+    pub was_execution_failure: bool,
+}
+
+impl Failure {
+    /// A failure with only a reason and message.
+    pub fn new(
+        reason: FailureReason,
+        message: impl Into<String>,
+        was_execution_failure: bool,
+    ) -> Self {
+        Failure {
+            reason,
+            message: message.into(),
+            exit_code: None,
+            failed_task_name: None,
+            failed_task_index: None,
+            failed_step_name: None,
+            was_execution_failure,
+        }
+    }
+}
+
+/// The state of an execution resource.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Observation {
+    /// Still running (or waiting to run).
+    Running {
+        /// Progress summary.
+        summary: ExecutionStatusSummary,
+    },
+    /// Finished successfully.
+    Succeeded {
+        /// Final summary.
+        summary: ExecutionStatusSummary,
+        /// When the engine says it finished.
+        finished_at: Option<Time>,
+    },
+    /// Finished with a failure.
+    Failed {
+        /// Final summary.
+        summary: ExecutionStatusSummary,
+        /// The classified failure.
+        failure: Failure,
+        /// When the engine says it finished.
+        finished_at: Option<Time>,
+    },
+    /// The resource is gone, or was replaced by one that belongs to someone else.
+    DeletedExternally {
+        /// The resource kind, for messages (`Job`, `PipelineRun`).
+        kind: String,
+        /// The resource name.
+        name: String,
+    },
+}
+
+/// What [`Executor::delete`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    /// The resource was deleted (or its deletion started).
+    Deleted,
+    /// There was nothing to delete.
+    NotFound,
+    /// The resource belongs to another WorkflowExecution and was left alone.
+    NotOwned,
+}
+
+/// Whether an engine can take work now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Availability {
+    /// Ready.
+    Available,
+    /// Not usable; the text tells an operator what to do.
+    Unavailable(String),
+}
+
+/// One execution backend.
+#[async_trait]
+pub trait Executor: Send + Sync + std::fmt::Debug + 'static {
+    /// The engine this executor serves.
+    fn engine(&self) -> ExecutionEngine;
+
+    /// Kind of the execution resource (`Job`, `PipelineRun`), used in messages.
+    fn resource_kind(&self) -> &'static str;
+
+    /// Whether the backend can run executions now (for example: are its CRDs installed).
+    async fn availability(&self) -> Availability {
+        Availability::Available
+    }
+
+    /// Engine-specific checks of a spec (for example digest pinning). Failures end the request in
+    /// `Failed` with reason `ConfigurationError`.
+    fn validate(&self, _wfe: &WorkflowExecution) -> Result<(), Vec<FieldError>> {
+        Ok(())
+    }
+
+    /// Creates the execution resource, or adopts it, or reports who holds it.
+    async fn create(&self, wfe: &WorkflowExecution) -> Result<CreateOutcome, ExecutorError>;
+
+    /// Reads the execution resource and maps its state.
+    async fn status(&self, wfe: &WorkflowExecution) -> Result<Observation, ExecutorError>;
+
+    /// Deletes the execution resource if this WorkflowExecution owns it.
+    async fn delete(&self, wfe: &WorkflowExecution) -> Result<DeleteOutcome, ExecutorError>;
+}
