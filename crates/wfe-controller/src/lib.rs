@@ -1,1 +1,204 @@
+//! # wfe-controller: the WorkflowExecution reconcile loop
+//!
+//! Turns WorkflowExecutions into executions through a [`wfe_executor::Registry`], with every
+//! engine-agnostic guarantee: validation, the guards of [`guards`] (resource lock, cooldown,
+//! backoff, block after an execution failure, block clearing), dispatch, observation driven by
+//! watches on the execution resources, terminal transitions written once (resourceVersion
+//! preconditions), the audit outbox of [`audit`], [`metrics`] with an `execution_engine` label,
+//! Kubernetes Events, lock release after the cooldown and finalizer cleanup.
+//!
+//! The controller never names an engine: everything engine-specific is behind the executor trait.
+//! The decisions are pure functions ([`guards::evaluate`], [`transitions`], [`audit::pending`])
+//! with unit tests; [`reconcile`] does the I/O.
 
+pub mod audit;
+pub mod guards;
+pub mod metrics;
+pub mod reconcile;
+pub mod transitions;
+
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::jiff::Timestamp;
+use kube::{
+    Api, Client,
+    core::{DynamicObject, PartialObjectMeta},
+    runtime::{
+        Controller, WatchStreamExt,
+        controller::Config as ControllerRunConfig,
+        events::{Recorder, Reporter},
+        reflector::{self, ObjectRef},
+        watcher,
+    },
+};
+use wfe_api::{Phase, WorkflowExecution};
+use wfe_executor::{LABEL_WORKFLOW_EXECUTION, Registry, owner_of};
+
+pub use audit::{AuditSink, HttpSink, StdoutSink};
+pub use guards::GuardConfig;
+pub use reconcile::{
+    Clock, Context, ControllerConfig, Error, TargetIndex, error_policy, reconcile,
+};
+
+/// Health of a running controller, for `/readyz`.
+#[derive(Debug, Default)]
+pub struct Health {
+    synced: AtomicBool,
+}
+
+impl Health {
+    /// True once the WorkflowExecution cache completed its first list.
+    pub fn synced(&self) -> bool {
+        self.synced.load(Ordering::Relaxed)
+    }
+}
+
+/// Everything [`run`] needs.
+pub struct RunOptions {
+    /// API client.
+    pub client: Client,
+    /// Executors by engine.
+    pub registry: Registry,
+    /// Settings.
+    pub cfg: ControllerConfig,
+    /// Audit delivery.
+    pub audit: Arc<dyn AuditSink>,
+    /// Identity in Kubernetes Events.
+    pub reporter: Reporter,
+    /// Health flags updated by the controller.
+    pub health: Arc<Health>,
+}
+
+impl std::fmt::Debug for RunOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("cfg", &self.cfg)
+            .field("registry", &self.registry)
+            .finish_non_exhaustive()
+    }
+}
+
+fn system_clock() -> Clock {
+    Arc::new(Timestamp::now)
+}
+
+/// Runs the controller until `shutdown` resolves; in-flight reconciles finish first.
+pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let RunOptions {
+        client,
+        registry,
+        cfg,
+        audit,
+        reporter,
+        health,
+    } = opts;
+    let wfes: Api<WorkflowExecution> = match &cfg.watch_namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let (reader, writer) = reflector::store();
+    let index = Arc::new(TargetIndex::default());
+    let idx = index.clone();
+    let wfe_stream = reflector::reflector(
+        writer,
+        watcher(wfes, watcher::Config::default()).default_backoff(),
+    )
+    .map_ok(move |event| {
+        match &event {
+            watcher::Event::Apply(o) | watcher::Event::InitApply(o) => idx.insert(o),
+            watcher::Event::Delete(o) => idx.remove(o),
+            watcher::Event::Init | watcher::Event::InitDone => {}
+        }
+        event
+    })
+    .applied_objects();
+
+    // Execution resources wake their WorkflowExecution (metadata-only watches, label-filtered).
+    let mut triggers = Vec::new();
+    for engine in registry.engines() {
+        let Some(executor) = registry.get(engine) else {
+            continue;
+        };
+        let Some(resource) = executor.watched_resource() else {
+            continue;
+        };
+        let api: Api<PartialObjectMeta<DynamicObject>> =
+            Api::namespaced_with(client.clone(), &cfg.execution_namespace, &resource);
+        let kind = resource.kind.clone();
+        let trigger = watcher(api, watcher::Config::default().labels(LABEL_WORKFLOW_EXECUTION))
+            .default_backoff()
+            .touched_objects()
+            .filter_map(move |r: Result<PartialObjectMeta<DynamicObject>, watcher::Error>| {
+                let kind = kind.clone();
+                async move {
+                    match r {
+                        Ok(meta) => owner_of(&meta.metadata)
+                            .map(|o| ObjectRef::<WorkflowExecution>::new(&o.name).within(&o.namespace)),
+                        Err(e) => {
+                            tracing::debug!(error = %e, kind, "execution resource watch error (retrying)");
+                            None
+                        }
+                    }
+                }
+            })
+            .boxed();
+        triggers.push(trigger);
+    }
+
+    let recorder = Recorder::new(client.clone(), reporter);
+    let ctx = Arc::new(Context::new(
+        client,
+        registry,
+        cfg.clone(),
+        reader.clone(),
+        index,
+        audit,
+        recorder,
+        system_clock(),
+    ));
+
+    // Gauges and readiness from the cache.
+    let gauge_store = reader.clone();
+    let gauge_registry: Vec<String> = ctx
+        .registry
+        .engines()
+        .map(|e| e.as_str().to_string())
+        .collect();
+    let health_task = health.clone();
+    tokio::spawn(async move {
+        if gauge_store.wait_until_ready().await.is_ok() {
+            health_task.synced.store(true, Ordering::Relaxed);
+        }
+        loop {
+            for engine in &gauge_registry {
+                let n = gauge_store
+                    .state()
+                    .iter()
+                    .filter(|w| w.engine().as_str() == engine && w.phase() == Phase::Running)
+                    .count();
+                metrics::active(engine, n);
+            }
+            tokio::time::sleep(Duration::from_secs(15)).await;
+        }
+    });
+
+    Controller::for_stream(wfe_stream, reader)
+        .with_config(ControllerRunConfig::default().concurrency(cfg.concurrency))
+        .reconcile_on(stream::select_all(triggers))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "reconcile");
+            }
+        })
+        .await;
+}

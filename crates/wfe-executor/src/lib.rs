@@ -165,6 +165,13 @@ pub trait Executor: Send + Sync + std::fmt::Debug + 'static {
         Availability::Available
     }
 
+    /// The execution resources' API type, which the controller watches (metadata only, in the
+    /// execution namespace, filtered by the [`LABEL_WORKFLOW_EXECUTION`] label) so that their
+    /// changes wake the owning WorkflowExecution at once. `None`: no watch, status is polled.
+    fn watched_resource(&self) -> Option<kube::core::ApiResource> {
+        None
+    }
+
     /// Engine-specific checks of a spec (for example digest pinning). Failures end the request in
     /// `Failed` with reason `ConfigurationError`.
     fn validate(&self, _wfe: &WorkflowExecution) -> Result<(), Vec<FieldError>> {

@@ -1,0 +1,443 @@
+//! Audit events (DESIGN.md §5): what is due for a WorkflowExecution, built deterministically from
+//! its status (so a retry sends the same event with the same `event_id`), and the sinks that
+//! deliver them. The WorkflowExecution status is the outbox: an event type is recorded in
+//! `status.auditDelivered` only after the sink acknowledged it.
+
+use std::{fmt, time::Duration};
+
+use async_trait::async_trait;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use wfe_api::{FailureReason, Phase, WorkflowExecution};
+
+/// Event types.
+pub mod types {
+    /// The workflow was selected and its execution is about to be created.
+    pub const SELECTION_COMPLETED: &str = "workflowexecution.selection.completed";
+    /// The execution resource was created.
+    pub const EXECUTION_STARTED: &str = "workflowexecution.execution.started";
+    /// The workflow succeeded.
+    pub const WORKFLOW_COMPLETED: &str = "workflowexecution.workflow.completed";
+    /// The request failed (before or during execution).
+    pub const WORKFLOW_FAILED: &str = "workflowexecution.workflow.failed";
+    /// A person cleared the block on the target.
+    pub const BLOCK_CLEARED: &str = "workflowexecution.block.cleared";
+}
+
+/// One audit event (the reference envelope plus `event_id` and `execution_engine`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// Envelope version.
+    pub version: String,
+    /// Stable id: the same for every delivery attempt of this event.
+    pub event_id: String,
+    /// Event type.
+    pub event_type: String,
+    /// When it happened (from the status, so it is stable across retries).
+    pub event_timestamp: String,
+    /// Always `workflowexecution`.
+    pub event_category: String,
+    /// What was done.
+    pub event_action: String,
+    /// `success` or `failure`.
+    pub event_outcome: String,
+    /// `service` or `user`.
+    pub actor_type: String,
+    /// Who did it.
+    pub actor_id: String,
+    /// Always `WorkflowExecution`.
+    pub resource_type: String,
+    /// The WorkflowExecution name.
+    pub resource_id: String,
+    /// The RemediationRequest name.
+    pub correlation_id: String,
+    /// The WorkflowExecution namespace.
+    pub namespace: String,
+    /// Type-specific data; always carries `execution_engine`.
+    pub event_data: Value,
+}
+
+/// A stable event id derived from the WorkflowExecution UID and the event type (UUID-shaped).
+pub fn event_id(uid: &str, event_type: &str) -> String {
+    let h = hex::encode(Sha256::digest(format!("{uid}/{event_type}").as_bytes()));
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// The audit event types due for a WorkflowExecution in its current state, in lifecycle order.
+pub fn due_types(wfe: &WorkflowExecution) -> Vec<&'static str> {
+    let Some(status) = wfe.status.as_ref() else {
+        return Vec::new();
+    };
+    let mut due = Vec::new();
+    if status.execution_ref.is_some() && status.start_time.is_some() {
+        due.push(types::SELECTION_COMPLETED);
+        due.push(types::EXECUTION_STARTED);
+    }
+    match status.phase {
+        Some(Phase::Succeeded) => due.push(types::WORKFLOW_COMPLETED),
+        Some(Phase::Failed) => due.push(types::WORKFLOW_FAILED),
+        _ => {}
+    }
+    if status.block_clearance.is_some() {
+        due.push(types::BLOCK_CLEARED);
+    }
+    due
+}
+
+/// The events due and not yet acknowledged.
+pub fn pending(wfe: &WorkflowExecution) -> Vec<AuditEvent> {
+    let delivered = wfe
+        .status
+        .as_ref()
+        .map(|s| s.audit_delivered.as_slice())
+        .unwrap_or_default();
+    due_types(wfe)
+        .into_iter()
+        .filter(|t| !delivered.iter().any(|d| d == t))
+        .map(|t| build(wfe, t))
+        .collect()
+}
+
+fn ts(t: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>) -> Option<String> {
+    t.map(|t| t.0.to_string())
+}
+
+/// `error_details` of a failure (code and whether a retry may help).
+fn error_details(
+    reason: FailureReason,
+    was_execution_failure: bool,
+    message: &str,
+    task: Option<&str>,
+) -> Value {
+    let (code, retry) = match reason {
+        FailureReason::ConfigurationError | FailureReason::Forbidden => {
+            ("ERR_WORKFLOW_NOT_FOUND", false)
+        }
+        FailureReason::ImagePullBackOff => ("ERR_IMAGE_PULL", true),
+        FailureReason::TaskFailed => ("ERR_PIPELINE_FAILED", !was_execution_failure),
+        FailureReason::PreviousExecutionFailed | FailureReason::ExhaustedRetries => {
+            ("ERR_TARGET_BLOCKED", false)
+        }
+        _ => ("ERR_PIPELINE_FAILED", true),
+    };
+    let where_ = task.map(|t| format!(" at task '{t}'")).unwrap_or_default();
+    json!({
+        "component": "workflowexecution",
+        "code": code,
+        "retry_possible": retry,
+        "message": format!("Workflow failed{where_}: {message}"),
+    })
+}
+
+/// Builds one event of the given type from the WorkflowExecution's current state.
+pub fn build(wfe: &WorkflowExecution, event_type: &str) -> AuditEvent {
+    let spec = &wfe.spec;
+    let status = wfe.status.clone().unwrap_or_default();
+    let mut data = Map::new();
+    let mut put = |k: &str, v: Value| {
+        if !v.is_null() {
+            data.insert(k.to_string(), v);
+        }
+    };
+    put("execution_engine", json!(spec.execution_engine.as_str()));
+    put("workflow_id", json!(spec.workflow_ref.workflow_id));
+    put("workflow_version", json!(spec.workflow_ref.version));
+    put("workflow_name", json!(spec.workflow_ref.name));
+    put("container_image", json!(spec.workflow_ref.container_image));
+    put(
+        "container_digest",
+        json!(
+            spec.workflow_ref
+                .container_digest
+                .clone()
+                .or_else(|| image_digest(&spec.workflow_ref.container_image))
+        ),
+    );
+    put("target_resource", json!(spec.target_resource));
+    put("event_type", json!(event_type));
+    put(
+        "execution_name",
+        json!(status.execution_ref.as_ref().map(|r| r.name.clone())),
+    );
+    put(
+        "execution_kind",
+        json!(status.execution_ref.as_ref().map(|r| r.kind.clone())),
+    );
+
+    let (action, outcome, when, phase) = match event_type {
+        types::SELECTION_COMPLETED => {
+            ("selected", "success", status.start_time.as_ref(), "Pending")
+        }
+        types::EXECUTION_STARTED => ("started", "success", status.start_time.as_ref(), "Running"),
+        types::WORKFLOW_COMPLETED => (
+            "completed",
+            "success",
+            status.completion_time.as_ref(),
+            "Succeeded",
+        ),
+        types::WORKFLOW_FAILED => (
+            "failed",
+            "failure",
+            status.completion_time.as_ref(),
+            "Failed",
+        ),
+        _ => (
+            "block_cleared",
+            "success",
+            status
+                .block_clearance
+                .as_ref()
+                .and_then(|b| b.cleared_at.as_ref()),
+            "Failed",
+        ),
+    };
+    put("phase", json!(phase));
+    if event_type != types::SELECTION_COMPLETED && event_type != types::BLOCK_CLEARED {
+        let params: Map<String, Value> = spec
+            .effective_parameters()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
+        if !params.is_empty() {
+            put("parameters", Value::Object(params));
+        }
+    }
+    if matches!(
+        event_type,
+        types::WORKFLOW_COMPLETED | types::WORKFLOW_FAILED
+    ) {
+        put("started_at", json!(ts(status.start_time.as_ref())));
+        put("completed_at", json!(ts(status.completion_time.as_ref())));
+        put("duration", json!(status.duration));
+        if let Some(s) = &status.execution_status
+            && s.retry_count > 0
+        {
+            put("retry_count", json!(s.retry_count));
+        }
+    }
+    if event_type == types::WORKFLOW_FAILED
+        && let Some(d) = &status.failure_details
+    {
+        put("failure_reason", json!(d.reason.as_str()));
+        put("failure_message", json!(d.message));
+        put("failed_task_name", json!(d.failed_task_name));
+        put("exit_code", json!(d.exit_code));
+        put("was_execution_failure", json!(d.was_execution_failure));
+        put("deduplicated_by", json!(status.deduplicated_by));
+        put(
+            "error_details",
+            error_details(
+                d.reason,
+                d.was_execution_failure,
+                &d.message,
+                d.failed_task_name.as_deref(),
+            ),
+        );
+    }
+    let mut actor = ("service".to_string(), "we-operator".to_string());
+    if event_type == types::BLOCK_CLEARED
+        && let Some(b) = &status.block_clearance
+    {
+        put("cleared_by", json!(b.cleared_by));
+        put("clear_reason", json!(b.clear_reason));
+        put("clear_method", json!(b.clear_method));
+        put("cleared_at", json!(ts(b.cleared_at.as_ref())));
+        put("previous_state", json!("Blocked"));
+        put("new_state", json!("Cleared"));
+        actor = ("user".into(), format!("user/{}", b.cleared_by));
+    }
+
+    let uid = wfe.uid().unwrap_or_default();
+    let timestamp = when
+        .map(|t| t.0)
+        .or(wfe.metadata.creation_timestamp.as_ref().map(|t| t.0))
+        .unwrap_or(Timestamp::UNIX_EPOCH);
+    AuditEvent {
+        version: "1.0".into(),
+        event_id: event_id(&uid, event_type),
+        event_type: event_type.into(),
+        event_timestamp: timestamp.to_string(),
+        event_category: "workflowexecution".into(),
+        event_action: action.into(),
+        event_outcome: outcome.into(),
+        actor_type: actor.0,
+        actor_id: actor.1,
+        resource_type: "WorkflowExecution".into(),
+        resource_id: wfe.name_any(),
+        correlation_id: spec
+            .remediation_request_ref
+            .name
+            .clone()
+            .unwrap_or_else(|| wfe.name_any()),
+        namespace: wfe.namespace().unwrap_or_default(),
+        event_data: Value::Object(data),
+    }
+}
+
+fn image_digest(image: &str) -> Option<String> {
+    image.rsplit_once('@').map(|(_, d)| d.to_string())
+}
+
+/// A delivery failure.
+#[derive(Debug, thiserror::Error)]
+#[error("audit delivery failed: {0}")]
+pub struct AuditError(pub String);
+
+/// Where audit events go.
+#[async_trait]
+pub trait AuditSink: Send + Sync + fmt::Debug + 'static {
+    /// Delivers a batch; `Ok` means the receiver acknowledged every event.
+    async fn send(&self, events: &[AuditEvent]) -> Result<(), AuditError>;
+}
+
+/// Posts batches to `{url}/api/v1/audit/events/batch`.
+#[derive(Debug, Clone)]
+pub struct HttpSink {
+    url: String,
+    client: reqwest::Client,
+}
+
+impl HttpSink {
+    /// A sink for the audit service at `base_url`.
+    pub fn new(base_url: &str, timeout: Duration) -> Result<Self, AuditError> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| AuditError(e.to_string()))?;
+        Ok(HttpSink {
+            url: format!(
+                "{}/api/v1/audit/events/batch",
+                base_url.trim_end_matches('/')
+            ),
+            client,
+        })
+    }
+}
+
+#[async_trait]
+impl AuditSink for HttpSink {
+    async fn send(&self, events: &[AuditEvent]) -> Result<(), AuditError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let response = self
+            .client
+            .post(&self.url)
+            .json(events)
+            .send()
+            .await
+            .map_err(|e| AuditError(format!("POST {}: {e}", self.url)))?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(AuditError(format!(
+                "POST {}: HTTP {}",
+                self.url,
+                response.status()
+            )))
+        }
+    }
+}
+
+/// Writes each event as one JSON line on standard output.
+#[derive(Debug, Clone, Default)]
+pub struct StdoutSink;
+
+#[async_trait]
+impl AuditSink for StdoutSink {
+    async fn send(&self, events: &[AuditEvent]) -> Result<(), AuditError> {
+        let mut out = Vec::new();
+        for e in events {
+            serde_json::to_writer(&mut out, &json!({"audit": e}))
+                .map_err(|e| AuditError(e.to_string()))?;
+            out.push(b'\n');
+        }
+        let mut stdout = tokio::io::stdout();
+        stdout
+            .write_all(&out)
+            .await
+            .map_err(|e| AuditError(e.to_string()))?;
+        stdout.flush().await.map_err(|e| AuditError(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn wfe(status: Value) -> WorkflowExecution {
+        serde_json::from_value(json!({
+            "apiVersion": "kubernaut.ai/v1alpha1", "kind": "WorkflowExecution",
+            "metadata": {"name": "w1", "namespace": "ns", "uid": "uid-1", "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"executionEngine": "job",
+                     "workflowRef": {"workflowId": "restart", "version": "1.0", "containerImage": "r/x@sha256:abc"},
+                     "targetResource": "ns/Deployment/app", "parameters": {"podName": "app"},
+                     "remediationRequestRef": {"name": "rr-7"}},
+            "status": status
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn due_events_follow_the_lifecycle() {
+        assert!(due_types(&wfe(json!({"phase": "Pending"}))).is_empty());
+        let running = json!({"phase": "Running", "startTime": "2026-01-01T00:00:01Z",
+                             "executionRef": {"kind": "Job", "name": "wfe-1", "namespace": "x"}});
+        assert_eq!(
+            due_types(&wfe(running.clone())),
+            [types::SELECTION_COMPLETED, types::EXECUTION_STARTED]
+        );
+        let mut done = running.clone();
+        done["phase"] = json!("Succeeded");
+        done["completionTime"] = json!("2026-01-01T00:00:09Z");
+        assert_eq!(due_types(&wfe(done.clone())).len(), 3);
+        done["auditDelivered"] = json!([types::SELECTION_COMPLETED, types::EXECUTION_STARTED]);
+        let p = pending(&wfe(done));
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].event_type, types::WORKFLOW_COMPLETED);
+        // A guard failure only reports the failure.
+        let dedup = json!({"phase": "Failed", "completionTime": "2026-01-01T00:00:02Z",
+                           "failureDetails": {"reason": "Deduplicated", "message": "held", "wasExecutionFailure": false}});
+        assert_eq!(due_types(&wfe(dedup)), [types::WORKFLOW_FAILED]);
+    }
+
+    #[test]
+    fn events_are_stable_and_carry_the_engine() {
+        let status = json!({"phase": "Failed", "startTime": "2026-01-01T00:00:01Z", "completionTime": "2026-01-01T00:00:09Z",
+            "duration": "8s", "executionRef": {"kind": "Job", "name": "wfe-1", "namespace": "x"},
+            "failureDetails": {"reason": "TaskFailed", "message": "exit 2", "exitCode": 2, "wasExecutionFailure": true}});
+        let a = build(&wfe(status.clone()), types::WORKFLOW_FAILED);
+        let b = build(&wfe(status), types::WORKFLOW_FAILED);
+        assert_eq!(a, b, "rebuilding gives the same event");
+        assert_eq!(a.event_id, event_id("uid-1", types::WORKFLOW_FAILED));
+        assert_ne!(a.event_id, event_id("uid-1", types::WORKFLOW_COMPLETED));
+        assert_eq!(a.event_data["execution_engine"], "job");
+        assert_eq!(a.event_data["failure_reason"], "TaskFailed");
+        assert_eq!(a.event_data["exit_code"], 2);
+        assert_eq!(a.event_data["container_digest"], "sha256:abc");
+        assert_eq!(a.event_data["error_details"]["retry_possible"], false);
+        assert_eq!(a.correlation_id, "rr-7");
+        assert_eq!(a.event_timestamp, "2026-01-01T00:00:09Z");
+        assert_eq!(a.event_outcome, "failure");
+        assert_eq!(a.event_data["parameters"]["podName"], "app");
+    }
+
+    #[test]
+    fn event_ids_look_like_uuids() {
+        let id = event_id("u", "t");
+        assert_eq!(id.len(), 36);
+        assert_eq!(id.matches('-').count(), 4);
+    }
+}
