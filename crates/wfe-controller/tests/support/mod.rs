@@ -1,0 +1,348 @@
+//! Test harness: the controller in-process on the real local control plane (both backends
+//! registered), a per-test namespace for WorkflowExecutions and one for executions, and a small
+//! HTTP audit receiver that can be taken down.
+
+#![allow(dead_code)]
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{Json, Router, extract::State, http::StatusCode, routing::post};
+use k8s_openapi::api::{
+    batch::v1::Job,
+    core::v1::{Secret, ServiceAccount},
+    events::v1::Event,
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{ListParams, ObjectMeta, PostParams},
+    core::{ApiResource, DynamicObject, GroupVersionKind},
+    runtime::events::Reporter,
+};
+use serde_json::{Value, json};
+use wfe_api::{Phase, WorkflowExecution};
+use wfe_controller::{ControllerConfig, GuardConfig, Health, HttpSink, RunOptions};
+use wfe_executor::Registry;
+use wfe_job::{JobConfig, JobExecutor};
+use wfe_tekton::{TektonConfig, TektonExecutor};
+
+pub const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Captures audit batches; answers 503 while `down`.
+#[derive(Clone, Default)]
+pub struct AuditReceiver {
+    pub events: Arc<Mutex<Vec<Value>>>,
+    pub down: Arc<AtomicBool>,
+    pub url: String,
+}
+
+async fn receive(State(r): State<AuditReceiver>, Json(batch): Json<Vec<Value>>) -> StatusCode {
+    if r.down.load(Ordering::SeqCst) {
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    r.events.lock().unwrap().extend(batch);
+    StatusCode::CREATED
+}
+
+impl AuditReceiver {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut r = AuditReceiver::default();
+        r.url = format!("http://{}", listener.local_addr().unwrap());
+        let app = Router::new()
+            .route("/api/v1/audit/events/batch", post(receive))
+            .with_state(r.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        r
+    }
+
+    pub fn for_resource(&self, name: &str) -> Vec<Value> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e["resource_id"] == name)
+            .cloned()
+            .collect()
+    }
+
+    pub fn types_for(&self, name: &str) -> Vec<String> {
+        self.for_resource(name)
+            .iter()
+            .map(|e| e["event_type"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+pub struct Harness {
+    pub client: Client,
+    pub ns: String,
+    pub exec_ns: String,
+    pub audit: AuditReceiver,
+    pub cfg: ControllerConfig,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+pub fn guards(cooldown_ms: u64) -> GuardConfig {
+    GuardConfig {
+        cooldown: Duration::from_millis(cooldown_ms),
+        backoff_base: Duration::from_secs(2),
+        backoff_max: Duration::from_secs(8),
+        max_consecutive_failures: 3,
+    }
+}
+
+impl Harness {
+    pub async fn start(prefix: &str, guards: GuardConfig) -> Harness {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = wfe_testing::client().await;
+        let ns = wfe_testing::namespace(&client, &format!("{prefix}-req")).await;
+        let exec_ns = wfe_testing::namespace(&client, &format!("{prefix}-exec")).await;
+        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &exec_ns);
+        let sa = ServiceAccount {
+            metadata: ObjectMeta {
+                name: Some("kubernaut-workflow-runner".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        sas.create(&PostParams::default(), &sa).await.unwrap();
+        let audit = AuditReceiver::start().await;
+        let cfg = ControllerConfig {
+            guards,
+            running_resync: Duration::from_secs(30),
+            concurrency: 8,
+            watch_namespace: Some(ns.clone()),
+            execution_namespace: exec_ns.clone(),
+        };
+        let mut h = Harness {
+            client,
+            ns,
+            exec_ns,
+            audit,
+            cfg,
+            stop: None,
+            task: None,
+        };
+        h.start_controller();
+        h
+    }
+
+    pub fn start_controller(&mut self) {
+        let client = self.client.clone();
+        let registry = Registry::new()
+            .with(Arc::new(JobExecutor::new(
+                client.clone(),
+                JobConfig {
+                    namespace: self.exec_ns.clone(),
+                    ..JobConfig::default()
+                },
+            )))
+            .with(Arc::new(TektonExecutor::new(
+                client.clone(),
+                TektonConfig {
+                    namespace: self.exec_ns.clone(),
+                    ..TektonConfig::default()
+                },
+            )));
+        let opts = RunOptions {
+            client,
+            registry,
+            cfg: self.cfg.clone(),
+            audit: Arc::new(HttpSink::new(&self.audit.url, Duration::from_secs(2)).unwrap()),
+            reporter: Reporter {
+                controller: "we-operator-test".into(),
+                instance: None,
+            },
+            health: Arc::new(Health::default()),
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        self.stop = Some(tx);
+        self.task = Some(tokio::spawn(wfe_controller::run(opts, async {
+            let _ = rx.await;
+        })));
+    }
+
+    pub async fn stop_controller(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("controller stops")
+                .unwrap();
+        }
+    }
+
+    pub fn wfes(&self) -> Api<WorkflowExecution> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    pub fn jobs(&self) -> Api<Job> {
+        Api::namespaced(self.client.clone(), &self.exec_ns)
+    }
+
+    pub fn pipelineruns(&self) -> Api<DynamicObject> {
+        let ar = ApiResource::from_gvk(&GroupVersionKind::gvk("tekton.dev", "v1", "PipelineRun"));
+        Api::namespaced_with(self.client.clone(), &self.exec_ns, &ar)
+    }
+
+    /// A WorkflowExecution for `target`; `params` become environment variables of the Job (the
+    /// KWOK_* ones script the fake kubelet).
+    pub fn wfe(
+        &self,
+        name: &str,
+        engine: Option<&str>,
+        target: &str,
+        params: &[(&str, &str)],
+    ) -> WorkflowExecution {
+        let params: BTreeMap<String, String> = params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut spec = json!({
+            "workflowRef": {"workflowId": "restart-with-increased-memory", "version": "1.2.0",
+                            "containerImage": format!("registry.example.com/remediation/restart:v1.2@{DIGEST}")},
+            "targetResource": target,
+            "parameters": params,
+            "remediationRequestRef": {"name": format!("rr-{name}"), "namespace": self.ns},
+        });
+        if let Some(e) = engine {
+            spec["executionEngine"] = json!(e);
+        }
+        serde_json::from_value(json!({
+            "apiVersion": "kubernaut.ai/v1alpha1", "kind": "WorkflowExecution",
+            "metadata": {"name": name, "namespace": self.ns}, "spec": spec
+        }))
+        .unwrap()
+    }
+
+    pub async fn create(&self, wfe: &WorkflowExecution) -> WorkflowExecution {
+        self.wfes()
+            .create(&PostParams::default(), wfe)
+            .await
+            .unwrap()
+    }
+
+    pub async fn wait_phase(&self, name: &str, phase: Phase) -> WorkflowExecution {
+        let api = self.wfes();
+        let what = format!("{}/{name} to reach {phase}", self.ns);
+        wfe_testing::wait_for(&what, TIMEOUT, || {
+            let api = api.clone();
+            async move {
+                api.get(name)
+                    .await
+                    .ok()
+                    .filter(|w| w.status.as_ref().and_then(|s| s.phase) == Some(phase))
+            }
+        })
+        .await
+    }
+
+    pub async fn wait_until<F: Fn(&WorkflowExecution) -> bool>(
+        &self,
+        name: &str,
+        what: &str,
+        f: F,
+    ) -> WorkflowExecution {
+        let api = self.wfes();
+        let f = &f;
+        wfe_testing::wait_for(what, TIMEOUT, || {
+            let api = api.clone();
+            async move { api.get(name).await.ok().filter(|w| f(w)) }
+        })
+        .await
+    }
+
+    pub async fn jobs_list(&self) -> Vec<Job> {
+        self.jobs()
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+    }
+
+    pub async fn pipelineruns_list(&self) -> Vec<DynamicObject> {
+        self.pipelineruns()
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+    }
+
+    pub async fn event_reasons(&self, name: &str) -> Vec<String> {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns);
+        events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .filter_map(|e| e.reason)
+            .collect()
+    }
+
+    pub async fn wait_event(&self, name: &str, reason: &str) {
+        let what = format!("event {reason} on {name}");
+        wfe_testing::wait_for(&what, TIMEOUT, || async {
+            self.event_reasons(name)
+                .await
+                .contains(&reason.to_string())
+                .then_some(())
+        })
+        .await
+    }
+
+    pub async fn wait_audit(&self, name: &str, types: &[&str]) {
+        let what = format!("audit events {types:?} for {name}");
+        wfe_testing::wait_for(&what, TIMEOUT, || async {
+            let got = self.audit.types_for(name);
+            types
+                .iter()
+                .all(|t| got.iter().any(|g| g == t))
+                .then_some(())
+        })
+        .await
+    }
+
+    pub async fn secret(&self, name: &str) {
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.exec_ns);
+        let s = Secret {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        secrets.create(&PostParams::default(), &s).await.unwrap();
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub fn status(w: &WorkflowExecution) -> &wfe_api::WorkflowExecutionStatus {
+    w.status.as_ref().expect("status")
+}
+
+pub fn condition<'a>(w: &'a WorkflowExecution, t: &str) -> (&'a str, &'a str) {
+    let c = w
+        .condition(t)
+        .unwrap_or_else(|| panic!("condition {t} missing on {}", w.name_any()));
+    (c.status.as_str(), c.reason.as_str())
+}
