@@ -1,0 +1,279 @@
+//! The Job executor against the real local control plane with nodes (the Job controller runs,
+//! kwok plays the kubelet).
+
+use std::{collections::BTreeMap, time::Duration};
+
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::{
+    Api, Client, ResourceExt,
+    api::{ObjectMeta, PostParams},
+};
+use serde_json::json;
+use wfe_api::{FailureReason, WorkflowExecution};
+use wfe_executor::{CreateOutcome, DeleteOutcome, Executor, Observation};
+use wfe_job::{JobConfig, JobExecutor};
+
+const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+struct Env {
+    client: Client,
+    ns: String,
+    exec: JobExecutor,
+}
+
+async fn env(prefix: &str) -> Env {
+    let client = wfe_testing::client().await;
+    let ns = wfe_testing::namespace(&client, prefix).await;
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
+    let sa = ServiceAccount {
+        metadata: ObjectMeta {
+            name: Some("kubernaut-workflow-runner".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    sas.create(&PostParams::default(), &sa).await.unwrap();
+    let exec = JobExecutor::new(
+        client.clone(),
+        JobConfig {
+            namespace: ns.clone(),
+            stuck_grace: Duration::from_secs(5),
+            ..JobConfig::default()
+        },
+    );
+    Env { client, ns, exec }
+}
+
+impl Env {
+    /// Creates a WorkflowExecution (so it has a UID) in the execution namespace.
+    async fn wfe(
+        &self,
+        name: &str,
+        target: &str,
+        params: &[(&str, &str)],
+        timeout: Option<&str>,
+    ) -> WorkflowExecution {
+        let params: BTreeMap<String, String> = params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut spec = json!({
+            "executionEngine": "job",
+            "workflowRef": {"workflowId": "wf", "version": "1", "containerImage": format!("registry.example.com/wf@{DIGEST}")},
+            "targetResource": target,
+            "parameters": params,
+            "remediationRequestRef": {"name": "rr"}
+        });
+        if let Some(t) = timeout {
+            spec["executionConfig"] = json!({"timeout": t});
+        }
+        let w: WorkflowExecution = serde_json::from_value(json!({
+            "apiVersion": "kubernaut.ai/v1alpha1", "kind": "WorkflowExecution",
+            "metadata": {"name": name, "namespace": self.ns}, "spec": spec
+        }))
+        .unwrap();
+        Api::<WorkflowExecution>::namespaced(self.client.clone(), &self.ns)
+            .create(&PostParams::default(), &w)
+            .await
+            .unwrap()
+    }
+
+    async fn finished(&self, w: &WorkflowExecution) -> Observation {
+        let what = format!("execution of {} to finish", w.name_any());
+        wfe_testing::wait_for(&what, Duration::from_secs(90), || async {
+            match self.exec.status(w).await.unwrap() {
+                Observation::Running { .. } => None,
+                other => Some(other),
+            }
+        })
+        .await
+    }
+}
+
+fn failure(o: Observation) -> wfe_executor::Failure {
+    match o {
+        Observation::Failed { failure, .. } => failure,
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance() {
+    let e = env("job-conformance").await;
+    let first = e
+        .wfe(
+            "conformance-first",
+            "x/Deployment/x",
+            &[("KWOK_RESULT", "hold")],
+            None,
+        )
+        .await;
+    let second = e
+        .wfe("conformance-second", "x/Deployment/x", &[], None)
+        .await;
+    let (first_uid, second_uid) = (first.uid(), second.uid());
+    let ns = e.ns.clone();
+    wfe_executor::conformance::run(&e.exec, |name, target| {
+        let mut w = if name == "conformance-first" {
+            first.clone()
+        } else {
+            second.clone()
+        };
+        w.spec.target_resource = target.to_string();
+        w.metadata.uid = if name == "conformance-first" {
+            first_uid.clone()
+        } else {
+            second_uid.clone()
+        };
+        w.metadata.namespace = Some(ns.clone());
+        w
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_and_succeeds() {
+    let e = env("job-ok").await;
+    let w = e
+        .wfe(
+            "ok",
+            "production/Deployment/my-app",
+            &[("podName", "my-app")],
+            None,
+        )
+        .await;
+    let CreateOutcome::Created(r) = e.exec.create(&w).await.unwrap() else {
+        panic!("created")
+    };
+    assert_eq!(r.namespace, e.ns);
+    match e.finished(&w).await {
+        Observation::Succeeded {
+            summary,
+            finished_at,
+        } => {
+            assert_eq!(summary.completed_tasks, 1);
+            assert!(finished_at.is_some());
+        }
+        other => panic!("{other:?}"),
+    }
+    // The owner reference (same namespace) and the labels are on the Job.
+    let job = Api::<k8s_openapi::api::batch::v1::Job>::namespaced(e.client.clone(), &e.ns)
+        .get(&r.name)
+        .await
+        .unwrap();
+    assert_eq!(job.owner_references()[0].uid, w.uid().unwrap());
+    assert_eq!(job.labels()["kubernaut.ai/execution-engine"], "job");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_code_three() {
+    let e = env("job-exit").await;
+    let w = e
+        .wfe(
+            "exit3",
+            "production/Deployment/e",
+            &[
+                ("KWOK_RESULT", "fail"),
+                ("KWOK_EXIT_CODE", "3"),
+                ("KWOK_MESSAGE", "rollout failed"),
+            ],
+            None,
+        )
+        .await;
+    e.exec.create(&w).await.unwrap();
+    let f = failure(e.finished(&w).await);
+    assert_eq!(f.reason, FailureReason::TaskFailed);
+    assert_eq!(f.exit_code, Some(3));
+    assert!(f.was_execution_failure);
+    assert!(f.message.contains("rollout failed"), "{}", f.message);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oom_killed() {
+    let e = env("job-oom").await;
+    let w = e
+        .wfe(
+            "oom",
+            "production/Deployment/o",
+            &[
+                ("KWOK_RESULT", "fail"),
+                ("KWOK_EXIT_CODE", "137"),
+                ("KWOK_REASON", "OOMKilled"),
+            ],
+            None,
+        )
+        .await;
+    e.exec.create(&w).await.unwrap();
+    let f = failure(e.finished(&w).await);
+    assert_eq!(f.reason, FailureReason::OomKilled);
+    assert_eq!(f.exit_code, Some(137));
+    assert!(f.was_execution_failure);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_deadline() {
+    let e = env("job-deadline").await;
+    let w = e
+        .wfe(
+            "slow",
+            "production/Deployment/d",
+            &[("KWOK_RESULT", "hold")],
+            Some("3s"),
+        )
+        .await;
+    e.exec.create(&w).await.unwrap();
+    let f = failure(e.finished(&w).await);
+    assert_eq!(f.reason, FailureReason::DeadlineExceeded, "{}", f.message);
+    assert!(f.message.contains("timeout of 3s"), "{}", f.message);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_secret_is_a_configuration_error() {
+    let e = env("job-secret").await;
+    let mut w = e
+        .wfe("needs-secret", "production/Deployment/s", &[], None)
+        .await;
+    w.spec.workflow_ref.dependencies = Some(wfe_api::WorkflowDependencies {
+        secrets: vec![wfe_api::NamedDependency {
+            name: "db-credentials".into(),
+        }],
+        config_maps: vec![],
+    });
+    let err = e.exec.create(&w).await.unwrap_err();
+    assert_eq!(
+        err.failure_reason(),
+        Some(FailureReason::ConfigurationError)
+    );
+    assert!(err.message().contains("Secret \"db-credentials\""), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_of_a_foreign_job_is_refused_and_stale_jobs_are_replaced() {
+    let e = env("job-owner").await;
+    let a = e
+        .wfe("owner-a", "production/Deployment/shared", &[], None)
+        .await;
+    let b = e
+        .wfe("owner-b", "production/Deployment/shared", &[], None)
+        .await;
+    e.exec.create(&a).await.unwrap();
+    assert_eq!(e.exec.delete(&b).await.unwrap(), DeleteOutcome::NotOwned);
+    // When a's Job finished, it is stale for b: b replaces it.
+    assert!(matches!(
+        e.finished(&a).await,
+        Observation::Succeeded { .. }
+    ));
+    match e.exec.create(&b).await.unwrap() {
+        CreateOutcome::Created(_) => {}
+        other => panic!("a finished Job of another execution must be replaced, got {other:?}"),
+    }
+    assert!(matches!(
+        e.exec.status(&a).await.unwrap(),
+        Observation::DeletedExternally { .. }
+    ));
+    assert!(matches!(
+        e.finished(&b).await,
+        Observation::Succeeded { .. }
+    ));
+}
