@@ -1,5 +1,7 @@
 //! `cargo xtask`: project automation.
 
+mod cluster;
+
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -20,6 +22,11 @@ enum Cmd {
         #[arg(long)]
         check: bool,
     },
+    /// The local Kubernetes control plane for tests (see docs/controlplane.md).
+    Cluster {
+        #[command(subcommand)]
+        cmd: cluster::ClusterCmd,
+    },
 }
 
 fn repo_root() -> PathBuf {
@@ -33,6 +40,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Crdgen { check } => crdgen(check),
+        Cmd::Cluster { cmd } => cluster::run(cmd, &repo_root()),
     }
 }
 
