@@ -174,8 +174,19 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()> + Send + S
         .collect();
     let health_task = health.clone();
     tokio::spawn(async move {
-        if gauge_store.wait_until_ready().await.is_ok() {
-            health_task.synced.store(true, Ordering::Relaxed);
+        // The store's readiness future wakes only its most recent poller (the controller also
+        // waits on it), so poll it again now and then instead of waiting once.
+        loop {
+            match tokio::time::timeout(Duration::from_millis(250), gauge_store.wait_until_ready())
+                .await
+            {
+                Ok(Ok(())) => {
+                    health_task.synced.store(true, Ordering::Relaxed);
+                    break;
+                }
+                Ok(Err(_)) => return,
+                Err(_) => {}
+            }
         }
         loop {
             for engine in &gauge_registry {

@@ -80,10 +80,36 @@ pub enum Error {
 }
 
 impl Error {
+    /// The error inside the finalizer wrapper, if any.
+    fn inner(&self) -> &Error {
+        use kube::runtime::finalizer::Error as F;
+        match self {
+            Error::Finalizer(f) => match f.as_ref() {
+                F::ApplyFailed(e) | F::CleanupFailed(e) => e.inner(),
+                _ => self,
+            },
+            other => other,
+        }
+    }
+
+    /// A stale-cache conflict (expected; retried quickly).
+    pub fn is_conflict(&self) -> bool {
+        use kube::runtime::finalizer::Error as F;
+        match self.inner() {
+            Error::Kube(kube::Error::Api(s)) => s.code == 409,
+            Error::Finalizer(f) => {
+                matches!(f.as_ref(), F::AddFinalizer(kube::Error::Api(s)) | F::RemoveFinalizer(kube::Error::Api(s)) if s.code == 409)
+            }
+            _ => false,
+        }
+    }
+
     /// A metric category.
     pub fn category(&self) -> &'static str {
-        match self {
-            Error::Kube(kube::Error::Api(s)) if s.code == 409 => "conflict",
+        if self.is_conflict() {
+            return "conflict";
+        }
+        match self.inner() {
             Error::Kube(_) => "kubernetes",
             Error::Executor(_) => "executor",
             Error::Finalizer(_) => "finalizer",

@@ -330,6 +330,10 @@ impl Executor for TektonExecutor {
         RESOURCE_KIND
     }
 
+    fn watched_resource(&self) -> Option<kube::core::ApiResource> {
+        Some(kube::core::ApiResource::erase::<PipelineRun>(&()))
+    }
+
     /// Available when the API server serves `pipelineruns` in `tekton.dev/v1` (API discovery,
     /// which every authenticated client may read). A positive answer is kept; a negative one is
     /// re-checked after [`AVAILABILITY_RECHECK`], so Tekton installed later is noticed without a

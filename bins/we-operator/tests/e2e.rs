@@ -1,0 +1,695 @@
+//! End to end (BR-WE-014 success criteria 7 and 8, Use Case 1 and 3): the real `we-operator`
+//! binary as a separate process, authenticated as its own ServiceAccount with the RBAC from
+//! `deploy/`, against the local control plane with nodes; an HTTP audit receiver stands in for
+//! the audit service. Run by `cargo xtask e2e` (ignored in plain `cargo test`).
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{Json, Router, extract::State, http::StatusCode, routing::post};
+use k8s_openapi::api::{
+    authentication::v1::{TokenRequest, TokenRequestSpec},
+    batch::v1::Job,
+    core::v1::{Pod, ServiceAccount},
+    events::v1::Event,
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    core::{ApiResource, DynamicObject, GroupVersionKind},
+    discovery::Discovery,
+};
+use serde_json::{Value, json};
+use wfe_api::{
+    CatalogEntry, ExecutionEngine, ExecutionRequest, FailureReason, Phase, WorkflowExecution,
+};
+
+const SYSTEM_NS: &str = "kubernaut-system";
+const EXEC_NS: &str = "kubernaut-workflows";
+const TIMEOUT: Duration = Duration::from_secs(90);
+const MEMORY_BUDGET_KIB: u64 = 1536 * 1024;
+
+fn repo() -> PathBuf {
+    wfe_testing::repo_root()
+}
+
+/// Server-side applies every document of a YAML file (the way `kubectl apply --server-side` does).
+async fn apply_file(client: &Client, discovery: &Discovery, path: &Path) {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let value = serde_yaml::Value::deserialize(doc).unwrap();
+        if value.is_null() {
+            continue;
+        }
+        let obj: DynamicObject = serde_yaml::from_value(value).unwrap();
+        let gvk = GroupVersionKind::try_from(obj.types.as_ref().unwrap()).unwrap();
+        let (ar, caps) = discovery
+            .resolve_gvk(&gvk)
+            .unwrap_or_else(|| panic!("{} is not served", gvk.kind));
+        let api: Api<DynamicObject> = match (caps.scope, obj.metadata.namespace.as_deref()) {
+            (kube::discovery::Scope::Namespaced, Some(ns)) => {
+                Api::namespaced_with(client.clone(), ns, &ar)
+            }
+            (kube::discovery::Scope::Namespaced, None) => {
+                Api::default_namespaced_with(client.clone(), &ar)
+            }
+            _ => Api::all_with(client.clone(), &ar),
+        };
+        api.patch(
+            &obj.name_any(),
+            &PatchParams::apply("we-operator-e2e").force(),
+            &Patch::Apply(&obj),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("apply {} {}: {e}", gvk.kind, obj.name_any()));
+    }
+}
+
+use serde::Deserialize as _;
+
+#[derive(Clone, Default)]
+struct Audit {
+    events: Arc<Mutex<Vec<Value>>>,
+}
+
+async fn receive(State(a): State<Audit>, Json(batch): Json<Vec<Value>>) -> StatusCode {
+    a.events.lock().unwrap().extend(batch);
+    StatusCode::CREATED
+}
+
+impl Audit {
+    async fn start() -> (Audit, String) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let a = Audit::default();
+        let app = Router::new()
+            .route("/api/v1/audit/events/batch", post(receive))
+            .with_state(a.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (a, url)
+    }
+
+    fn types_for(&self, name: &str) -> Vec<(String, String)> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e["resource_id"] == name)
+            .map(|e| {
+                (
+                    e["event_type"].as_str().unwrap().to_string(),
+                    e["event_data"]["execution_engine"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// A kubeconfig that authenticates as the operator's ServiceAccount (a TokenRequest token).
+async fn operator_kubeconfig(client: &Client, dir: &Path) -> PathBuf {
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), SYSTEM_NS);
+    let tr = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let token: TokenRequest = sas
+        .create_subresource("token", "we-operator", &PostParams::default(), &tr)
+        .await
+        .expect("TokenRequest for the we-operator ServiceAccount");
+    let token = token.status.expect("token issued").token;
+    let admin: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(wfe_testing::kubeconfig_path()).unwrap())
+            .unwrap();
+    let cluster = &admin["clusters"][0]["cluster"];
+    let kubeconfig = json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "local", "cluster": {"server": cluster["server"], "certificate-authority-data": cluster["certificate-authority-data"]}}],
+        "users": [{"name": "we-operator", "user": {"token": token}}],
+        "contexts": [{"name": "we-operator", "context": {"cluster": "local", "user": "we-operator"}}],
+        "current-context": "we-operator",
+    });
+    let path = dir.join("we-operator.kubeconfig");
+    std::fs::write(&path, serde_yaml::to_string(&kubeconfig).unwrap()).unwrap();
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Peak resident set (VmHWM) of a process, in KiB.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+struct Operator {
+    child: tokio::process::Child,
+    health: String,
+    metrics: String,
+}
+
+impl Operator {
+    async fn start(kubeconfig: &Path, audit_url: &str, log: &Path) -> Operator {
+        let (hp, mp) = (free_port(), free_port());
+        let log_file = std::fs::File::create(log).unwrap();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_we-operator"))
+            .args([
+                "run",
+                "--execution-namespace",
+                EXEC_NS,
+                "--cooldown",
+                "5s",
+                "--lease-namespace",
+                SYSTEM_NS,
+            ])
+            .args([
+                "--audit-url",
+                audit_url,
+                "--log-format",
+                "json",
+                "--log-level",
+                "info",
+            ])
+            .args([
+                "--health-address",
+                &format!("127.0.0.1:{hp}"),
+                "--metrics-address",
+                &format!("127.0.0.1:{mp}"),
+            ])
+            .env("KUBECONFIG", kubeconfig)
+            .env("POD_NAME", "we-operator-e2e")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start we-operator");
+        let op = Operator {
+            child,
+            health: format!("http://127.0.0.1:{hp}"),
+            metrics: format!("http://127.0.0.1:{mp}"),
+        };
+        let url = format!("{}/readyz", op.health);
+        wfe_testing::wait_for(
+            "the operator to be ready (leader, caches synced)",
+            TIMEOUT,
+            || {
+                let url = url.clone();
+                async move {
+                    http_get(&url)
+                        .await
+                        .filter(|(code, body)| *code == 200 && body.contains("leader"))
+                        .map(|_| ())
+                }
+            },
+        )
+        .await;
+        op
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().expect("operator running")
+    }
+
+    async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.pid().to_string();
+        tokio::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("exits after SIGTERM")
+            .unwrap()
+    }
+}
+
+async fn http_get(url: &str) -> Option<(u16, String)> {
+    let r = reqwest::get(url).await.ok()?;
+    let code = r.status().as_u16();
+    Some((code, r.text().await.ok()?))
+}
+
+async fn wait_phase(api: &Api<WorkflowExecution>, name: &str, phase: Phase) -> WorkflowExecution {
+    wfe_testing::wait_for(&format!("{name} to reach {phase}"), TIMEOUT, || async {
+        api.get(name)
+            .await
+            .ok()
+            .filter(|w| w.status.as_ref().and_then(|s| s.phase) == Some(phase))
+    })
+    .await
+}
+
+fn catalog_spec(
+    entry: Value,
+    target: &str,
+    params: &[(&str, &str)],
+    rr: &str,
+) -> wfe_api::WorkflowExecutionSpec {
+    let entry: CatalogEntry = serde_json::from_value(entry).unwrap();
+    entry
+        .to_spec(ExecutionRequest {
+            target_resource: target.into(),
+            parameters: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+            remediation_request_ref: k8s_openapi::api::core::v1::ObjectReference {
+                api_version: Some("kubernaut.ai/v1alpha1".into()),
+                kind: Some("RemediationRequest".into()),
+                name: Some(rr.into()),
+                namespace: Some(SYSTEM_NS.into()),
+                ..Default::default()
+            },
+            confidence: Some(0.92),
+            rationale: Some("my-app was OOMKilled".into()),
+            timeout: None,
+        })
+        .unwrap()
+}
+
+const DIGEST: &str = "sha256:3c1f9a0e7b5d4c2a1f0e9d8c7b6a5f4e3d2c1b0a9f8e7d6c5b4a3f2e1d0c9b8a";
+
+fn restart_entry() -> Value {
+    json!({
+        "workflow_id": "restart-with-increased-memory", "version": "1.2.0",
+        "workflow_name": "restart-with-increased-memory",
+        "execution_engine": "job",
+        "container_image": "registry.example.com/remediation/restart:v1.2",
+        "container_digest": DIGEST,
+        "service_account_name": "kubernaut-workflow-runner",
+        "parameters": [{"name": "podName", "required": true}, {"name": "namespace", "required": true},
+                       {"name": "memoryLimit", "required": true},
+                       {"name": "KWOK_RESULT"}, {"name": "KWOK_EXIT_CODE"}, {"name": "KWOK_MESSAGE"}]
+    })
+}
+
+fn new_wfe(name: &str, spec: wfe_api::WorkflowExecutionSpec) -> WorkflowExecution {
+    let mut w = WorkflowExecution::new(name, spec);
+    w.metadata.namespace = Some(SYSTEM_NS.into());
+    w
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "end to end: run by `cargo xtask e2e`"]
+async fn oomkill_remediation_through_the_job_backend_and_tekton_regression() {
+    let started = Instant::now();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = wfe_testing::client().await;
+    let discovery = Discovery::new(client.clone()).run().await.unwrap();
+    let deploy = repo().join("deploy");
+    for f in [
+        "namespaces.yaml",
+        "rbac.yaml",
+        "workflow-runner.yaml",
+        "samples/production-app.yaml",
+        "samples/workflow-runner-rbac.yaml",
+    ] {
+        apply_file(&client, &discovery, &deploy.join(f)).await;
+    }
+    let wfes: Api<WorkflowExecution> = Api::namespaced(client.clone(), SYSTEM_NS);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), EXEC_NS);
+    let prs: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        EXEC_NS,
+        &ApiResource::from_gvk(&GroupVersionKind::gvk("tekton.dev", "v1", "PipelineRun")),
+    );
+    // A clean slate from earlier runs on the same cluster.
+    for w in wfes.list(&ListParams::default()).await.unwrap() {
+        wfes.delete(&w.name_any(), &DeleteParams::default())
+            .await
+            .ok();
+        let mut m = w.clone();
+        m.metadata.finalizers = None;
+        wfes.patch(
+            &w.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .ok();
+        let _ = m;
+    }
+    jobs.delete_collection(&DeleteParams::background(), &ListParams::default())
+        .await
+        .ok();
+    prs.delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await
+        .ok();
+
+    // Use Case 1: my-app in production is OOMKilled (kwok terminates its container so).
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "production");
+    pods.delete("my-app-oom", &DeleteParams::default().grace_period(0))
+        .await
+        .ok();
+    wfe_testing::wait_for("old pod gone", TIMEOUT, || async {
+        pods.get_opt("my-app-oom")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "my-app-oom", "labels": {"app": "my-app", "kwok.wfe.test/result": "fail"},
+                     "annotations": {"kwok.wfe.test/reason": "OOMKilled", "kwok.wfe.test/exit-code": "137"}},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "app", "image": "registry.example.com/my-app:1.0",
+                 "resources": {"limits": {"memory": "256Mi"}}}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    wfe_testing::wait_for("my-app to be OOMKilled", TIMEOUT, || async {
+        let p = pods.get("my-app-oom").await.ok()?;
+        let t = p
+            .status?
+            .container_statuses?
+            .first()?
+            .state
+            .clone()?
+            .terminated?;
+        (t.reason.as_deref() == Some("OOMKilled")).then_some(())
+    })
+    .await;
+
+    let dir = std::env::temp_dir().join(format!("we-operator-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = operator_kubeconfig(&client, &dir).await;
+    let (audit, audit_url) = Audit::start().await;
+    let log = repo().join("target/we-operator-e2e.log");
+    let operator = Operator::start(&kubeconfig, &audit_url, &log).await;
+    println!(
+        "operator ready after {:?} (log: {})",
+        started.elapsed(),
+        log.display()
+    );
+
+    // The orchestrator's part: the catalog entry says `job`; wfe-api maps it.
+    let spec = catalog_spec(
+        restart_entry(),
+        "production/Deployment/my-app",
+        &[
+            ("podName", "my-app-oom"),
+            ("namespace", "production"),
+            ("memoryLimit", "1Gi"),
+        ],
+        "rr-oomkill-my-app",
+    );
+    assert_eq!(spec.execution_engine, ExecutionEngine::Job);
+    wfes.create(&PostParams::default(), &new_wfe("restart-my-app-oom", spec))
+        .await
+        .unwrap();
+    let done = wait_phase(&wfes, "restart-my-app-oom", Phase::Succeeded).await;
+    let status = done.status.clone().unwrap();
+    let job_name = status.execution_ref.as_ref().unwrap().name.clone();
+    let job = jobs.get(&job_name).await.unwrap();
+    let pod_spec = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let c = &pod_spec.containers[0];
+    assert_eq!(
+        c.image.as_deref(),
+        Some(format!("registry.example.com/remediation/restart:v1.2@{DIGEST}").as_str())
+    );
+    let env: BTreeMap<String, String> = c
+        .env
+        .clone()
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.name, e.value.unwrap_or_default()))
+        .collect();
+    assert_eq!(env["podName"], "my-app-oom");
+    assert_eq!(env["namespace"], "production");
+    assert_eq!(env["memoryLimit"], "1Gi");
+    assert_eq!(env["TARGET_RESOURCE"], "production/Deployment/my-app");
+    assert_eq!(
+        pod_spec.service_account_name.as_deref(),
+        Some("kubernaut-workflow-runner")
+    );
+    assert!(
+        prs.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "no PipelineRun for a job request"
+    );
+    let job_pods: Api<Pod> = Api::namespaced(client.clone(), EXEC_NS);
+    let jp = job_pods
+        .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job_name}")))
+        .await
+        .unwrap();
+    assert_eq!(
+        jp.items[0].spec.as_ref().unwrap().node_name.as_deref(),
+        Some("kwok-node-0")
+    );
+    assert_eq!(
+        jp.items[0].status.as_ref().unwrap().phase.as_deref(),
+        Some("Succeeded")
+    );
+    let done = wfe_testing::wait_for("AuditRecorded", TIMEOUT, || async {
+        wfes.get("restart-my-app-oom").await.ok().filter(|w| {
+            w.condition("AuditRecorded")
+                .is_some_and(|c| c.status == "True")
+        })
+    })
+    .await;
+    let mut conds: Vec<&str> = done
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .map(|c| c.type_.as_str())
+        .collect();
+    conds.sort();
+    assert_eq!(
+        conds,
+        [
+            "AuditRecorded",
+            "ExecutionComplete",
+            "ExecutionCreated",
+            "ExecutionRunning",
+            "Ready"
+        ]
+    );
+    let events: Api<Event> = Api::namespaced(client.clone(), SYSTEM_NS);
+    wfe_testing::wait_for("Event WorkflowCompleted", TIMEOUT, || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|e| {
+                e.reason.as_deref() == Some("WorkflowCompleted")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref())
+                        == Some("restart-my-app-oom")
+            })
+    })
+    .await;
+    let trail = audit.types_for("restart-my-app-oom");
+    for t in [
+        "workflowexecution.selection.completed",
+        "workflowexecution.execution.started",
+        "workflowexecution.workflow.completed",
+    ] {
+        assert!(
+            trail.iter().any(|(ty, engine)| ty == t && engine == "job"),
+            "{t} missing from {trail:?}"
+        );
+    }
+    let (_, metrics) = http_get(&format!("{}/metrics", operator.metrics))
+        .await
+        .unwrap();
+    let line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("workflowexecution_reconciler_total")
+                && l.contains("execution_engine=\"job\"")
+                && l.contains("Succeeded")
+        })
+        .unwrap_or_else(|| panic!("no job success counted in /metrics:\n{metrics}"));
+    println!("metrics: {line}");
+
+    // A failing Job: exit code 2 with a termination message; then the target is blocked.
+    let spec = catalog_spec(
+        restart_entry(),
+        "production/Deployment/flaky",
+        &[
+            ("podName", "flaky"),
+            ("namespace", "production"),
+            ("memoryLimit", "1Gi"),
+            ("KWOK_RESULT", "fail"),
+            ("KWOK_EXIT_CODE", "2"),
+            ("KWOK_MESSAGE", "patch failed: deployment flaky not found"),
+        ],
+        "rr-flaky",
+    );
+    wfes.create(&PostParams::default(), &new_wfe("restart-flaky", spec))
+        .await
+        .unwrap();
+    let failed = wait_phase(&wfes, "restart-flaky", Phase::Failed).await;
+    let d = failed
+        .status
+        .as_ref()
+        .unwrap()
+        .failure_details
+        .clone()
+        .unwrap();
+    assert_eq!(
+        (d.reason, d.exit_code),
+        (FailureReason::TaskFailed, Some(2))
+    );
+    assert!(
+        d.message
+            .contains("patch failed: deployment flaky not found"),
+        "{}",
+        d.message
+    );
+    assert!(d.was_execution_failure);
+    let spec = catalog_spec(
+        restart_entry(),
+        "production/Deployment/flaky",
+        &[
+            ("podName", "flaky"),
+            ("namespace", "production"),
+            ("memoryLimit", "2Gi"),
+        ],
+        "rr-flaky-2",
+    );
+    wfes.create(
+        &PostParams::default(),
+        &new_wfe("restart-flaky-again", spec),
+    )
+    .await
+    .unwrap();
+    let blocked = wait_phase(&wfes, "restart-flaky-again", Phase::Failed).await;
+    assert_eq!(
+        blocked.status.as_ref().unwrap().failure_reason,
+        Some(FailureReason::PreviousExecutionFailed)
+    );
+
+    // Tekton regression: no engine and `tekton` both make PipelineRuns and no Job.
+    let canary = json!({"workflow_id": "canary-deployment", "version": "2.0.0",
+        "container_image": format!("oci://registry.example.com/pipelines/canary:v2.0@{DIGEST}")});
+    let mut explicit = canary.clone();
+    explicit["execution_engine"] = json!("tekton");
+    let jobs_before = jobs.list(&ListParams::default()).await.unwrap().items.len();
+    wfes.create(
+        &PostParams::default(),
+        &new_wfe(
+            "canary-default",
+            catalog_spec(canary, "production/Deployment/payment-api", &[], "rr-c1"),
+        ),
+    )
+    .await
+    .unwrap();
+    wfes.create(
+        &PostParams::default(),
+        &new_wfe(
+            "canary-tekton",
+            catalog_spec(explicit, "production/Deployment/checkout", &[], "rr-c2"),
+        ),
+    )
+    .await
+    .unwrap();
+    let a = wait_phase(&wfes, "canary-default", Phase::Running).await;
+    let b = wait_phase(&wfes, "canary-tekton", Phase::Running).await;
+    assert_eq!(
+        jobs.list(&ListParams::default()).await.unwrap().items.len(),
+        jobs_before,
+        "no Job for Tekton requests"
+    );
+    let pr_a = a.status.unwrap().execution_ref.unwrap();
+    let pr_b = b.status.unwrap().execution_ref.unwrap();
+    assert_eq!(
+        (pr_a.kind.as_str(), pr_b.kind.as_str()),
+        ("PipelineRun", "PipelineRun")
+    );
+    prs.patch_status(&pr_a.name, &PatchParams::default(), &Patch::Merge(json!({"status": {
+        "conditions": [{"type": "Succeeded", "status": "True", "reason": "Succeeded", "message": "Tasks Completed: 3 (Failed: 0)"}]}})))
+        .await
+        .unwrap();
+    prs.patch_status(&pr_b.name, &PatchParams::default(), &Patch::Merge(json!({"status": {"startTime": "2026-01-01T00:00:00Z",
+        "conditions": [{"type": "Succeeded", "status": "False", "reason": "Failed", "message": "Tasks Completed: 1 (Failed: 1): task canary-check failed"}]}})))
+        .await
+        .unwrap();
+    wait_phase(&wfes, "canary-default", Phase::Succeeded).await;
+    let f = wait_phase(&wfes, "canary-tekton", Phase::Failed).await;
+    assert_eq!(
+        f.status.unwrap().failure_reason,
+        Some(FailureReason::TaskFailed)
+    );
+    wfe_testing::wait_for("tekton audit trail", TIMEOUT, || async {
+        let t = audit.types_for("canary-default");
+        t.iter()
+            .any(|(ty, e)| ty == "workflowexecution.workflow.completed" && e == "tekton")
+            .then_some(())
+    })
+    .await;
+
+    // Memory of every process of the run.
+    let cluster: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("target/wfe-cluster/cluster.json")).unwrap(),
+    )
+    .unwrap();
+    let mut rows: Vec<(String, u64)> = cluster["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| {
+            Some((
+                c["name"].as_str()?.to_string(),
+                peak_rss_kib(u32::try_from(c["pid"].as_u64()?).ok()?)?,
+            ))
+        })
+        .collect();
+    rows.push(("we-operator".into(), peak_rss_kib(operator.pid()).unwrap()));
+    let total: u64 = rows.iter().map(|(_, k)| k).sum();
+    println!("\npeak resident memory (VmHWM):");
+    for (name, kib) in &rows {
+        println!("  {name:<24} {:>8.1} MiB", *kib as f64 / 1024.0);
+    }
+    println!(
+        "  {:<24} {:>8.1} MiB (budget {} MiB)",
+        "total",
+        total as f64 / 1024.0,
+        MEMORY_BUDGET_KIB / 1024
+    );
+    std::fs::write(
+        repo().join("target/e2e-memory.json"),
+        serde_json::to_string_pretty(&json!({"peak_rss_kib": rows.iter().map(|(n, k)| (n.clone(), *k)).collect::<BTreeMap<_, _>>(), "total_kib": total})).unwrap(),
+    )
+    .unwrap();
+    assert!(rows.len() >= 6, "every process measured: {rows:?}");
+    assert!(
+        total <= MEMORY_BUDGET_KIB,
+        "the run used {total} KiB, over the 1.5 GiB budget"
+    );
+
+    // Graceful shutdown: SIGTERM drains and exits 0.
+    let exit = operator.terminate().await;
+    assert!(exit.success(), "we-operator exited with {exit}");
+    println!("e2e passed in {:?}", started.elapsed());
+}
