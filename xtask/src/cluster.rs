@@ -32,6 +32,8 @@ use pki::Pki;
 
 /// State directory of the cluster, relative to the repository root.
 pub const STATE_DIR: &str = "target/wfe-cluster";
+/// The kubeconfig of the local cluster, relative to the repository root.
+pub const KUBECONFIG: &str = "target/wfe-cluster/kubeconfig";
 /// Guards `up` and `down` against each other (kept outside the state dir, which `down` removes).
 const LOCK_FILE: &str = "target/wfe-cluster.lock";
 const TEKTON_MODULE: &str = "github.com/tektoncd/pipeline";
@@ -1075,6 +1077,18 @@ fn memory_kib(pid: u32) -> Option<(u64, u64)> {
             .ok()
     };
     Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// True when a cluster with node components runs and is healthy.
+pub fn is_healthy(root: &Path) -> bool {
+    let paths = Paths::new(root);
+    match State::load(&paths) {
+        Ok(Some(state)) => CORE
+            .iter()
+            .chain(NODE_COMPONENTS.iter())
+            .all(|n| state.healthy(&paths, n)),
+        _ => false,
+    }
 }
 
 fn status(root: &Path) -> Result<()> {

@@ -1,6 +1,7 @@
 //! `cargo xtask`: project automation.
 
 mod cluster;
+mod flows;
 
 use std::path::PathBuf;
 
@@ -22,6 +23,20 @@ enum Cmd {
         #[arg(long)]
         check: bool,
     },
+    /// Run every check CI runs: fmt, clippy, CRD drift, all tests on the local cluster, e2e.
+    Test {
+        /// Leave the local cluster running afterwards.
+        #[arg(long)]
+        keep_cluster: bool,
+    },
+    /// The end-to-end run: the operator binary on the local cluster (OOMKill via Jobs, Tekton).
+    E2e {
+        /// Leave the local cluster running afterwards.
+        #[arg(long)]
+        keep_cluster: bool,
+    },
+    /// Start the local cluster, the operator and the samples, and show them finish.
+    Demo,
     /// The local Kubernetes control plane for tests (see docs/controlplane.md).
     Cluster {
         #[command(subcommand)]
@@ -41,10 +56,13 @@ fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Crdgen { check } => crdgen(check),
         Cmd::Cluster { cmd } => cluster::run(cmd, &repo_root()),
+        Cmd::Test { keep_cluster } => flows::test(&repo_root(), keep_cluster),
+        Cmd::E2e { keep_cluster } => flows::e2e(&repo_root(), keep_cluster),
+        Cmd::Demo => flows::demo(&repo_root()),
     }
 }
 
-fn crdgen(check: bool) -> Result<()> {
+pub(crate) fn crdgen(check: bool) -> Result<()> {
     let path = repo_root().join(wfe_api::CRD_PATH);
     let yaml = wfe_api::crd_yaml();
     let current = std::fs::read_to_string(&path).unwrap_or_default();

@@ -970,7 +970,8 @@ pub async fn reconcile(wfe: Arc<WorkflowExecution>, ctx: Arc<Context>) -> Result
 pub fn error_policy(wfe: Arc<WorkflowExecution>, error: &Error, _ctx: Arc<Context>) -> Action {
     metrics::reconcile_error(error.category());
     match error {
-        Error::Kube(kube::Error::Api(s)) if s.code == 409 => {
+        e if e.is_conflict() => {
+            tracing::debug!(wfe = %id_of(&wfe), "stale copy; retrying with the latest");
             Action::requeue(Duration::from_millis(200))
         }
         _ => {

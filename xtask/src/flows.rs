@@ -1,0 +1,363 @@
+//! The project's top-level flows: `test` (everything CI checks), `e2e` and `demo`.
+
+use std::{
+    path::Path,
+    process::{Child, Command, ExitStatus},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::cluster::{self, ClusterCmd};
+
+/// Runs a command in the repository, streaming its output; fails with `what` when it fails.
+fn run(root: &Path, what: &str, program: &str, args: &[&str]) -> Result<()> {
+    println!("\n==> {what}: {program} {}", args.join(" "));
+    let status = Command::new(program)
+        .args(args)
+        .current_dir(root)
+        .status()
+        .with_context(|| format!("cannot run {program}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Waits for a child at most `limit`, killing it (and failing) past that.
+fn wait_bounded(mut child: Child, limit: Duration, what: &str) -> Result<ExitStatus> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "{what} did not finish within {}s and was stopped",
+                limit.as_secs()
+            );
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Starts the local cluster with nodes unless one is healthy; returns whether this call started it.
+fn ensure_cluster(root: &Path) -> Result<bool> {
+    let was_running = cluster::is_healthy(root);
+    cluster::run(ClusterCmd::Build, root)?;
+    cluster::run(ClusterCmd::Up { nodes: true }, root)?;
+    Ok(!was_running)
+}
+
+fn stop_cluster_if(root: &Path, started: bool) {
+    if started && let Err(e) = cluster::run(ClusterCmd::Down, root) {
+        eprintln!("warning: cannot stop the local cluster: {e:#}");
+    }
+}
+
+/// `cargo xtask test`: formatting, lints, CRD drift, every test (unit, integration on the real
+/// control plane) and the end-to-end run.
+pub fn test(root: &Path, keep_cluster: bool) -> Result<()> {
+    let start = Instant::now();
+    run(root, "format", "cargo", &["fmt", "--all", "--", "--check"])?;
+    run(
+        root,
+        "lint",
+        "cargo",
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    crate::crdgen(true)?;
+    let started = ensure_cluster(root)?;
+    let result = (|| {
+        run(
+            root,
+            "tests",
+            "cargo",
+            &["test", "--workspace", "--locked", "--no-fail-fast"],
+        )?;
+        e2e_inner(root)
+    })();
+    if !keep_cluster {
+        stop_cluster_if(root, started);
+    }
+    result?;
+    println!("\nall checks passed in {:.0?}", start.elapsed());
+    Ok(())
+}
+
+fn e2e_inner(root: &Path) -> Result<()> {
+    println!("\n==> end to end: the we-operator binary on the local cluster");
+    let child = Command::new("cargo")
+        .args([
+            "test",
+            "--locked",
+            "-p",
+            "we-operator",
+            "--test",
+            "e2e",
+            "--",
+            "--ignored",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .current_dir(root)
+        .spawn()
+        .context("cannot run cargo test")?;
+    let status = wait_bounded(child, Duration::from_secs(15 * 60), "the end-to-end run")?;
+    if !status.success() {
+        bail!("the end-to-end run failed ({status}); operator log: target/we-operator-e2e.log");
+    }
+    let memory = std::fs::read_to_string(root.join("target/e2e-memory.json")).unwrap_or_default();
+    println!("end-to-end passed; peak memory per process:\n{memory}");
+    Ok(())
+}
+
+/// `cargo xtask e2e`.
+pub fn e2e(root: &Path, keep_cluster: bool) -> Result<()> {
+    let started = ensure_cluster(root)?;
+    let result = e2e_inner(root);
+    if !keep_cluster {
+        stop_cluster_if(root, started);
+    }
+    result
+}
+
+fn kubectl(root: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new("kubectl")
+        .args(["--kubeconfig", cluster::KUBECONFIG])
+        .args(args)
+        .current_dir(root)
+        .output()
+        .context("cannot run kubectl")?;
+    if !out.status.success() {
+        bail!(
+            "kubectl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `cargo xtask demo`: the local cluster with nodes, the operator, and the samples of
+/// `deploy/samples/` running to their terminal phase.
+pub fn demo(root: &Path) -> Result<()> {
+    ensure_cluster(root)?;
+    run(
+        root,
+        "build the operator",
+        "cargo",
+        &["build", "--locked", "-p", "we-operator"],
+    )?;
+    for f in [
+        "namespaces.yaml",
+        "workflow-runner.yaml",
+        "samples/production-app.yaml",
+        "samples/workflow-runner-rbac.yaml",
+    ] {
+        kubectl(
+            root,
+            &["apply", "--server-side", "-f", &format!("deploy/{f}")],
+        )?;
+    }
+    // A fresh start for the samples.
+    let _ = kubectl(
+        root,
+        &[
+            "delete",
+            "-f",
+            "deploy/samples/oomkill-remediation-job.yaml",
+            "-f",
+            "deploy/samples/canary-tekton.yaml",
+            "--ignore-not-found",
+            "--wait=true",
+            "--timeout=30s",
+        ],
+    );
+
+    let log_path = root.join("target/we-operator-demo.log");
+    let log = std::fs::File::create(&log_path)?;
+    println!("\n==> starting we-operator (log: {})", log_path.display());
+    let mut operator = Command::new(root.join("target/debug/we-operator"))
+        .args([
+            "run",
+            "--execution-namespace",
+            "kubernaut-workflows",
+            "--cooldown",
+            "30s",
+            "--leader-election=false",
+        ])
+        .args([
+            "--log-format",
+            "plain",
+            "--health-address",
+            "127.0.0.1:18081",
+            "--metrics-address",
+            "127.0.0.1:19090",
+        ])
+        .env("KUBECONFIG", root.join(cluster::KUBECONFIG))
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("cannot start we-operator")?;
+    let result = demo_samples(root);
+    let _ = operator.kill();
+    let _ = operator.wait();
+    result?;
+    println!(
+        "\nThe cluster keeps running: export KUBECONFIG={}/{} ; kubectl get wfe -A\nStop it with: cargo xtask cluster down",
+        root.display(),
+        cluster::KUBECONFIG
+    );
+    Ok(())
+}
+
+fn demo_samples(root: &Path) -> Result<()> {
+    thread::sleep(Duration::from_secs(2));
+    println!(
+        "\n==> applying deploy/samples/oomkill-remediation-job.yaml (Job backend) and canary-tekton.yaml (Tekton, the default)"
+    );
+    kubectl(
+        root,
+        &[
+            "apply",
+            "-f",
+            "deploy/samples/oomkill-remediation-job.yaml",
+            "-f",
+            "deploy/samples/canary-tekton.yaml",
+        ],
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut played_tekton = false;
+    let mut last = String::new();
+    loop {
+        let table = kubectl(
+            root,
+            &[
+                "get",
+                "wfe",
+                "restart-my-app-oom",
+                "canary-payment-api",
+                "-n",
+                "kubernaut-system",
+            ],
+        )?;
+        if table != last {
+            println!(
+                "\n$ kubectl get wfe -n kubernaut-system restart-my-app-oom canary-payment-api\n{table}"
+            );
+            last = table.clone();
+        }
+        // No Tekton controller runs here: play its part once the PipelineRun exists.
+        if !played_tekton {
+            let pr = kubectl(
+                root,
+                &[
+                    "get",
+                    "wfe",
+                    "canary-payment-api",
+                    "-n",
+                    "kubernaut-system",
+                    "-o",
+                    "jsonpath={.status.executionRef.name}",
+                ],
+            )?;
+            if !pr.is_empty() {
+                thread::sleep(Duration::from_secs(3));
+                println!("==> playing Tekton: PipelineRun kubernaut-workflows/{pr} succeeds");
+                kubectl(
+                    root,
+                    &[
+                        "patch",
+                        "pipelinerun",
+                        &pr,
+                        "-n",
+                        "kubernaut-workflows",
+                        "--subresource=status",
+                        "--type=merge",
+                        "-p",
+                        r#"{"status":{"conditions":[{"type":"Succeeded","status":"True","reason":"Succeeded","message":"Tasks Completed: 3 (Failed: 0)"}]}}"#,
+                    ],
+                )?;
+                played_tekton = true;
+            }
+        }
+        let phases = kubectl(
+            root,
+            &[
+                "get",
+                "wfe",
+                "restart-my-app-oom",
+                "canary-payment-api",
+                "-n",
+                "kubernaut-system",
+                "-o",
+                "jsonpath={.items[*].status.phase}",
+            ],
+        )?;
+        let done = phases
+            .split_whitespace()
+            .filter(|p| matches!(*p, "Succeeded" | "Failed"))
+            .count();
+        if done == 2 {
+            let t = kubectl(
+                root,
+                &[
+                    "get",
+                    "wfe",
+                    "restart-my-app-oom",
+                    "canary-payment-api",
+                    "-n",
+                    "kubernaut-system",
+                ],
+            )?;
+            if t != last {
+                println!(
+                    "\n$ kubectl get wfe -n kubernaut-system restart-my-app-oom canary-payment-api\n{t}"
+                );
+            }
+            println!(
+                "$ kubectl get jobs,pipelineruns -n kubernaut-workflows\n{}",
+                kubectl(
+                    root,
+                    &["get", "jobs,pipelineruns", "-n", "kubernaut-workflows"]
+                )?
+            );
+            println!(
+                "$ kubectl get events -n kubernaut-system --field-selector involvedObject.name=restart-my-app-oom\n{}",
+                kubectl(
+                    root,
+                    &[
+                        "get",
+                        "events",
+                        "-n",
+                        "kubernaut-system",
+                        "--field-selector",
+                        "involvedObject.name=restart-my-app-oom",
+                        "-o",
+                        "custom-columns=REASON:.reason,MESSAGE:.message"
+                    ]
+                )?
+            );
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the samples did not reach a terminal phase within 120s; see target/we-operator-demo.log"
+            );
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+}
