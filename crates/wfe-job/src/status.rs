@@ -128,7 +128,7 @@ pub fn tail(text: &str, max: usize) -> String {
     format!("…{}", &text[start..])
 }
 
-fn newest<'a>(events: &'a [Event], pred: impl Fn(&Event) -> bool) -> Option<&'a Event> {
+fn newest(events: &[Event], pred: impl Fn(&Event) -> bool) -> Option<&Event> {
     events.iter().filter(|e| pred(e)).max_by_key(|e| {
         e.last_timestamp
             .as_ref()
@@ -367,10 +367,7 @@ pub fn observe(facts: &JobFacts<'_>) -> Observation {
                 MAX_MESSAGE,
             );
         }
-        let finished_at = c
-            .last_transition_time
-            .clone()
-            .or_else(|| Some(Time(facts.now)));
+        let finished_at = c.last_transition_time.clone().or(Some(Time(facts.now)));
         return Observation::Failed {
             summary: summary(facts, "False", &job_reason, failure.message.clone()),
             failure,

@@ -54,8 +54,10 @@ async fn receive(State(r): State<AuditReceiver>, Json(batch): Json<Vec<Value>>) 
 impl AuditReceiver {
     pub async fn start() -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut r = AuditReceiver::default();
-        r.url = format!("http://{}", listener.local_addr().unwrap());
+        let r = AuditReceiver {
+            url: format!("http://{}", listener.local_addr().unwrap()),
+            ..Default::default()
+        };
         let app = Router::new()
             .route("/api/v1/audit/events/batch", post(receive))
             .with_state(r.clone());

@@ -1,0 +1,307 @@
+//! The manifests in `deploy/`: every document parses into its Kubernetes type, the Deployment is
+//! hardened, the RBAC is least-privilege, and the whole directory applies server-side to the real
+//! control plane, with the operator's and the workflows' pods admitted under `restricted`.
+
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{Namespace, Pod, Service, ServiceAccount},
+    rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding},
+};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::{
+    Api,
+    api::{ObjectMeta, PostParams},
+};
+use serde::Deserialize;
+use serde_json::Value;
+use wfe_api::WorkflowExecution;
+
+fn deploy() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy")
+}
+
+fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(yaml_files(&path));
+        } else if path.extension().is_some_and(|e| e == "yaml") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    files
+}
+
+fn docs(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde_yaml::Value::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .map(|v| serde_json::to_value(v).unwrap())
+        .collect()
+}
+
+fn all_docs() -> Vec<(PathBuf, Value)> {
+    yaml_files(&deploy())
+        .into_iter()
+        .flat_map(|p| docs(&p).into_iter().map(move |d| (p.clone(), d)))
+        .collect()
+}
+
+fn typed<T: serde::de::DeserializeOwned>(v: &Value) -> T {
+    serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{}: {e}", v["metadata"]["name"]))
+}
+
+#[test]
+fn every_manifest_parses_into_its_type() {
+    let mut kinds = Vec::new();
+    for (path, doc) in all_docs() {
+        let kind = doc["kind"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{}: no kind", path.display()))
+            .to_string();
+        match kind.as_str() {
+            "Namespace" => drop(typed::<Namespace>(&doc)),
+            "ServiceAccount" => drop(typed::<ServiceAccount>(&doc)),
+            "ClusterRole" => drop(typed::<ClusterRole>(&doc)),
+            "ClusterRoleBinding" => drop(typed::<ClusterRoleBinding>(&doc)),
+            "Role" => drop(typed::<Role>(&doc)),
+            "RoleBinding" => drop(typed::<RoleBinding>(&doc)),
+            "Deployment" => drop(typed::<Deployment>(&doc)),
+            "Service" => drop(typed::<Service>(&doc)),
+            "CustomResourceDefinition" => drop(typed::<CustomResourceDefinition>(&doc)),
+            "WorkflowExecution" => {
+                let w: WorkflowExecution = typed(&doc);
+                w.spec
+                    .validate()
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            }
+            // The Prometheus Operator's type has no k8s-openapi binding: check its shape.
+            "ServiceMonitor" => {
+                assert_eq!(doc["apiVersion"], "monitoring.coreos.com/v1");
+                assert_eq!(doc["spec"]["endpoints"][0]["path"], "/metrics");
+            }
+            other => panic!("{}: unexpected kind {other}", path.display()),
+        }
+        kinds.push(kind);
+    }
+    for needed in [
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "Role",
+        "Deployment",
+        "Service",
+        "ServiceMonitor",
+        "CustomResourceDefinition",
+        "WorkflowExecution",
+    ] {
+        assert!(
+            kinds.iter().any(|k| k == needed),
+            "deploy/ lacks a {needed}"
+        );
+    }
+}
+
+fn deployment() -> Deployment {
+    all_docs()
+        .into_iter()
+        .find(|(_, d)| d["kind"] == "Deployment")
+        .map(|(_, d)| typed(&d))
+        .unwrap()
+}
+
+#[test]
+fn deployment_is_hardened() {
+    let d = deployment();
+    let pod = d.spec.template.spec.clone().unwrap();
+    let psc = pod.security_context.unwrap();
+    assert_eq!(psc.run_as_non_root, Some(true));
+    assert_eq!(psc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+    let c = &pod.containers[0];
+    let sc = c.security_context.clone().unwrap();
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.capabilities.unwrap().drop, Some(vec!["ALL".to_string()]));
+    let r = c.resources.clone().unwrap();
+    assert!(r.requests.is_some() && r.limits.is_some());
+    assert!(c.liveness_probe.is_some() && c.readiness_probe.is_some());
+    assert_eq!(d.spec.replicas, Some(1));
+}
+
+fn rules() -> Vec<(String, PolicyRule)> {
+    let mut out = Vec::new();
+    for (_, doc) in all_docs() {
+        match doc["kind"].as_str() {
+            Some("ClusterRole") => {
+                let r: ClusterRole = typed(&doc);
+                out.extend(
+                    r.rules
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|p| ("cluster".to_string(), p)),
+                );
+            }
+            Some("Role") => {
+                let r: Role = typed(&doc);
+                let ns = r.metadata.namespace.clone().unwrap_or_default();
+                if r.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with("we-operator"))
+                {
+                    out.extend(
+                        r.rules
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|p| (ns.clone(), p)),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+#[test]
+fn rbac_is_least_privilege() {
+    for (scope, rule) in rules() {
+        let resources = rule.resources.clone().unwrap_or_default();
+        assert!(
+            !rule.verbs.iter().any(|v| v == "*"),
+            "{scope}: wildcard verb"
+        );
+        assert!(
+            !resources.iter().any(|r| r == "*"),
+            "{scope}: wildcard resource"
+        );
+        if resources.iter().any(|r| r == "secrets") {
+            assert_eq!(
+                scope, "kubernaut-workflows",
+                "Secrets only in the execution namespace"
+            );
+            assert_eq!(
+                rule.verbs,
+                ["get"],
+                "Secrets: metadata reads for the pre-flight check only"
+            );
+        }
+        if resources.iter().any(|r| r == "pods") {
+            assert!(
+                !rule.verbs.iter().any(|v| v == "create"),
+                "the operator never creates Pods"
+            );
+        }
+        if resources.iter().any(|r| r == "jobs" || r == "pipelineruns") {
+            assert_eq!(
+                scope, "kubernaut-workflows",
+                "execution resources only in the execution namespace"
+            );
+        }
+    }
+}
+
+/// Runs kubectl against the local cluster.
+fn kubectl(args: &[&str]) -> String {
+    let out = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(wfe_testing::kubeconfig_path())
+        .args(args)
+        .output()
+        .expect("kubectl is installed");
+    assert!(
+        out.status.success(),
+        "kubectl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_applies_server_side_and_pods_are_admitted_as_restricted() {
+    let client = wfe_testing::client().await;
+    let dir = deploy();
+    let d = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    // Namespaces first, then everything else the cluster serves types for (the ServiceMonitor
+    // needs the Prometheus Operator; the samples need the production namespace).
+    for f in [
+        "namespaces.yaml",
+        "crds/workflowexecutions.kubernaut.ai.yaml",
+        "rbac.yaml",
+        "deployment.yaml",
+        "service.yaml",
+        "workflow-runner.yaml",
+    ] {
+        kubectl(&["apply", "--server-side", "--force-conflicts", "-f", &d(f)]);
+    }
+    let labels = kubectl(&[
+        "get",
+        "namespace",
+        "kubernaut-workflows",
+        "-o",
+        "jsonpath={.metadata.labels}",
+    ]);
+    assert!(
+        labels.contains("\"pod-security.kubernetes.io/enforce\":\"restricted\""),
+        "{labels}"
+    );
+
+    // The operator's pod, as the Deployment would create it, is admitted under `restricted`.
+    let template = deployment().spec.template;
+    let pod = Pod {
+        metadata: ObjectMeta {
+            generate_name: Some("we-operator-admission-".into()),
+            ..template.metadata.unwrap_or_default()
+        },
+        spec: template.spec,
+        status: None,
+    };
+    let dry = PostParams {
+        dry_run: true,
+        field_manager: None,
+    };
+    Api::<Pod>::namespaced(client.clone(), "kubernaut-system")
+        .create(&dry, &pod)
+        .await
+        .expect("operator pod admitted");
+
+    // A workflow Job's pod is admitted too, and a privileged one is refused (the check is real).
+    let wfe: WorkflowExecution = serde_json::from_value(serde_json::json!({
+        "apiVersion": "kubernaut.ai/v1alpha1", "kind": "WorkflowExecution",
+        "metadata": {"name": "admission", "namespace": "kubernaut-system", "uid": "00000000-0000-0000-0000-000000000001"},
+        "spec": {"executionEngine": "job",
+                 "workflowRef": {"workflowId": "w", "version": "1", "containerImage": format!("r.example/x@sha256:{}", "a".repeat(64))},
+                 "targetResource": "production/Deployment/my-app", "remediationRequestRef": {"name": "rr"}}
+    }))
+    .unwrap();
+    let job = wfe_job::build_job(&wfe, &wfe_job::JobConfig::default()).unwrap();
+    let t = job.spec.unwrap().template;
+    let mut pod = Pod {
+        metadata: ObjectMeta {
+            generate_name: Some("workflow-admission-".into()),
+            ..Default::default()
+        },
+        spec: t.spec,
+        status: None,
+    };
+    let pods = Api::<Pod>::namespaced(client.clone(), "kubernaut-workflows");
+    pods.create(&dry, &pod)
+        .await
+        .expect("workflow pod admitted under restricted");
+    pod.spec.as_mut().unwrap().containers[0]
+        .security_context
+        .as_mut()
+        .unwrap()
+        .allow_privilege_escalation = Some(true);
+    let err = pods
+        .create(&dry, &pod)
+        .await
+        .expect_err("a non-restricted pod must be refused");
+    assert!(err.to_string().contains("PodSecurity"), "{err}");
+}
