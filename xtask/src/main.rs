@@ -63,21 +63,27 @@ fn main() -> Result<()> {
 }
 
 pub(crate) fn crdgen(check: bool) -> Result<()> {
-    let path = repo_root().join(wfe_api::CRD_PATH);
-    let yaml = wfe_api::crd_yaml();
+    write_generated(
+        wfe_api::CRD_REFERENCE_PATH,
+        &wfe_api::crd_reference_markdown(),
+        check,
+    )?;
+    write_generated(wfe_api::CRD_PATH, &wfe_api::crd_yaml(), check)
+}
+
+fn write_generated(relative: &str, yaml: &str, check: bool) -> Result<()> {
+    let path = repo_root().join(relative);
+    let yaml = yaml.to_string();
     let current = std::fs::read_to_string(&path).unwrap_or_default();
     if current == yaml {
-        println!("{} is up to date", wfe_api::CRD_PATH);
+        println!("{relative} is up to date");
         return Ok(());
     }
     if check {
-        anyhow::bail!(
-            "{} is out of date: run `cargo xtask crdgen`",
-            wfe_api::CRD_PATH
-        );
+        anyhow::bail!("{relative} is out of date: run `cargo xtask crdgen`");
     }
     std::fs::create_dir_all(path.parent().expect("CRD path has a parent"))?;
     std::fs::write(&path, yaml)?;
-    println!("wrote {}", wfe_api::CRD_PATH);
+    println!("wrote {relative}");
     Ok(())
 }

@@ -93,6 +93,16 @@ fn committed_crd_matches_the_types() {
 }
 
 #[test]
+fn committed_crd_reference_matches_the_types() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/crd-reference.md");
+    let committed = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        committed == wfe_api::crd_reference_markdown(),
+        "{path} is out of date with crates/wfe-api: run `cargo xtask crdgen` and commit the result"
+    );
+}
+
+#[test]
 fn crd_identity() {
     let crd = WorkflowExecution::crd();
     assert_eq!(crd.spec.group, "kubernaut.ai");
