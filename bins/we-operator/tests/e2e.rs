@@ -184,6 +184,8 @@ impl Operator {
                 "5s",
                 "--lease-namespace",
                 SYSTEM_NS,
+                "--watch-namespace",
+                SYSTEM_NS,
             ])
             .args([
                 "--audit-url",
