@@ -447,12 +447,16 @@ impl Context {
             .into_iter()
             .find(|o| o.uid().as_deref() == Some(uid.as_str()));
         match cached {
-            Some(o) if o.phase() != Phase::Pending => {
-                // The cache caught up; it speaks for itself.
+            // The cache caught up (it speaks for itself), or the claimant was deleted.
+            Some(o) if o.phase() != Phase::Pending || o.metadata.deletion_timestamp.is_some() => {
                 claims.remove(key);
                 None
             }
-            _ => Some(Prior {
+            None => {
+                claims.remove(key);
+                None
+            }
+            Some(_) => Some(Prior {
                 id,
                 phase: Phase::Running,
                 attempted: true,
@@ -912,6 +916,7 @@ impl Context {
             metrics::audit("delivered", pending.len());
         }
         let uid = wfe.uid().unwrap_or_default();
+        lock(&self.claims).retain(|_, (claimant, _)| *claimant != uid);
         lock(&self.acked).remove(&uid);
         lock(&self.audit_failures).remove(&uid);
         lock(&self.refused_clearances).remove(&uid);

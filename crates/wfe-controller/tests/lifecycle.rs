@@ -455,7 +455,7 @@ async fn restart_mid_run_creates_no_duplicate_and_loses_no_transition() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_fails_with_a_clear_reason() {
-    let h = Harness::start("bad", guards(1_000)).await;
+    let h = Harness::start("bad", guards(30_000)).await;
     // Tag-only image for a Job.
     let mut w = h.wfe("tagged", Some("job"), "production/Deployment/t", &[]);
     w.spec.workflow_ref.container_image = "registry.example.com/remediation/restart:v1.2".into();

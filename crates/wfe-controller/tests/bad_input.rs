@@ -1,0 +1,436 @@
+//! Malformed and hostile WorkflowExecutions: each is refused by the API server with a message
+//! naming the field, or ends `Failed` with a clear reason; the operator never loops on them and
+//! keeps serving valid requests.
+
+mod support;
+
+use std::{collections::BTreeMap, time::Duration};
+
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use support::*;
+use wfe_api::{FailureReason, Phase, WorkflowExecution};
+
+fn object(ns: &str, name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "kubernaut.ai/v1alpha1", "kind": "WorkflowExecution",
+           "metadata": {"name": name, "namespace": ns}, "spec": spec})
+}
+
+fn valid_spec(target: &str) -> Value {
+    json!({
+        "executionEngine": "job",
+        "workflowRef": {"workflowId": "restart", "version": "1", "containerImage": format!("registry.example.com/w@{DIGEST}")},
+        "targetResource": target,
+        "remediationRequestRef": {"name": "rr"}
+    })
+}
+
+fn with(mut spec: Value, path: &[&str], value: Value) -> Value {
+    let mut at = &mut spec;
+    for p in &path[..path.len() - 1] {
+        at = at.get_mut(*p).unwrap();
+    }
+    let last = path[path.len() - 1];
+    if value.is_null() {
+        at.as_object_mut().unwrap().remove(last);
+    } else {
+        at[last] = value;
+    }
+    spec
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_hostile_requests() {
+    let h = Harness::start("bad-table", guards(30_000)).await;
+    let api = kube::Api::<kube::core::DynamicObject>::namespaced_with(
+        h.client.clone(),
+        &h.ns,
+        &kube::core::ApiResource::erase::<WorkflowExecution>(&()),
+    );
+    let many: BTreeMap<String, String> = (0..300)
+        .map(|i| (format!("P{i}"), "v".to_string()))
+        .collect();
+
+    // Refused by the API server, with the field named in the message.
+    let refused: Vec<(&str, Value, &str)> = vec![
+        (
+            "no-workflowref",
+            with(valid_spec("n/D/a1"), &["workflowRef"], Value::Null),
+            "workflowRef",
+        ),
+        (
+            "no-target",
+            with(valid_spec("n/D/a2"), &["targetResource"], Value::Null),
+            "targetResource",
+        ),
+        (
+            "no-rr",
+            with(
+                valid_spec("n/D/a3"),
+                &["remediationRequestRef"],
+                Value::Null,
+            ),
+            "remediationRequestRef",
+        ),
+        (
+            "empty-workflow-id",
+            with(
+                valid_spec("n/D/a4"),
+                &["workflowRef", "workflowId"],
+                json!(""),
+            ),
+            "workflowId",
+        ),
+        (
+            "empty-image",
+            with(
+                valid_spec("n/D/a5"),
+                &["workflowRef", "containerImage"],
+                json!(""),
+            ),
+            "containerImage",
+        ),
+        (
+            "unknown-engine",
+            with(valid_spec("n/D/a6"), &["executionEngine"], json!("ansible")),
+            "executionEngine",
+        ),
+        ("target-1-part", valid_spec("my-app"), "targetResource"),
+        ("target-4-parts", valid_spec("a/b/c/d"), "targetResource"),
+        ("target-empty-part", valid_spec("ns//x"), "targetResource"),
+        (
+            "param-dash",
+            with(
+                valid_spec("n/D/a7"),
+                &["parameters"],
+                json!({"bad-key": "x"}),
+            ),
+            "parameters",
+        ),
+        (
+            "param-digit",
+            with(valid_spec("n/D/a8"), &["parameters"], json!({"1abc": "x"})),
+            "parameters",
+        ),
+        (
+            "param-home",
+            with(valid_spec("n/D/a9"), &["parameters"], json!({"HOME": "/"})),
+            "parameters",
+        ),
+        (
+            "param-wfe",
+            with(
+                valid_spec("n/D/b1"),
+                &["parameters"],
+                json!({"WFE_NAME": "x"}),
+            ),
+            "parameters",
+        ),
+        (
+            "param-target",
+            with(
+                valid_spec("n/D/b2"),
+                &["parameters"],
+                json!({"TARGET_RESOURCE": "x"}),
+            ),
+            "parameters",
+        ),
+        (
+            "param-too-many",
+            with(valid_spec("n/D/b3"), &["parameters"], json!(many)),
+            "parameters",
+        ),
+        (
+            "confidence-high",
+            with(valid_spec("n/D/b4"), &["confidence"], json!(1.5)),
+            "confidence",
+        ),
+        (
+            "confidence-negative",
+            with(valid_spec("n/D/b5"), &["confidence"], json!(-1)),
+            "confidence",
+        ),
+        (
+            "timeout-zero",
+            with(
+                valid_spec("n/D/b6"),
+                &["executionConfig"],
+                json!({"timeout": "0s"}),
+            ),
+            "timeout",
+        ),
+        (
+            "timeout-words",
+            with(
+                valid_spec("n/D/b7"),
+                &["executionConfig"],
+                json!({"timeout": "forever"}),
+            ),
+            "timeout",
+        ),
+        (
+            "image-too-long",
+            with(
+                valid_spec("n/D/b8"),
+                &["workflowRef", "containerImage"],
+                json!("r/".repeat(1100)),
+            ),
+            "containerImage",
+        ),
+        (
+            "dependency-no-name",
+            with(
+                valid_spec("n/D/b9"),
+                &["workflowRef", "dependencies"],
+                json!({"secrets": [{"name": ""}]}),
+            ),
+            "name",
+        ),
+    ];
+    let mut count = 0;
+    for (name, spec, field) in refused {
+        let obj: kube::core::DynamicObject =
+            serde_json::from_value(object(&h.ns, name, spec)).unwrap();
+        let err = api
+            .create(&PostParams::default(), &obj)
+            .await
+            .expect_err(name);
+        assert!(
+            err.to_string().contains(field),
+            "{name}: the refusal must name {field}: {err}"
+        );
+        count += 1;
+    }
+
+    // Accepted by the API server, failed by the operator with a clear reason.
+    let ghost_sa = with(
+        valid_spec("n/D/c3"),
+        &["executionConfig"],
+        json!({"serviceAccountName": "ghost"}),
+    );
+    let failing: Vec<(&str, Value, FailureReason, &str)> = vec![
+        (
+            "tag-only",
+            with(
+                valid_spec("n/D/c1"),
+                &["workflowRef", "containerImage"],
+                json!("registry.example.com/w:v1"),
+            ),
+            FailureReason::ConfigurationError,
+            "pinned by digest",
+        ),
+        (
+            "image-spaces",
+            with(
+                valid_spec("n/D/c2"),
+                &["workflowRef", "containerImage"],
+                json!("bad image"),
+            ),
+            FailureReason::ConfigurationError,
+            "containerImage",
+        ),
+        (
+            "no-such-sa",
+            ghost_sa,
+            FailureReason::ConfigurationError,
+            "ghost",
+        ),
+        (
+            "no-such-secret",
+            with(
+                valid_spec("n/D/c4"),
+                &["workflowRef", "dependencies"],
+                json!({"secrets": [{"name": "nope"}]}),
+            ),
+            FailureReason::ConfigurationError,
+            "Secret \"nope\"",
+        ),
+        (
+            "no-such-configmap",
+            with(
+                valid_spec("n/D/c5"),
+                &["workflowRef", "dependencies"],
+                json!({"configMaps": [{"name": "missing-cm"}]}),
+            ),
+            FailureReason::ConfigurationError,
+            "ConfigMap \"missing-cm\"",
+        ),
+        (
+            "one-mib-value",
+            with(
+                valid_spec("n/D/c6"),
+                &["parameters"],
+                json!({"BIG": "x".repeat(1024 * 1024)}),
+            ),
+            FailureReason::ConfigurationError,
+            "spec.parameters",
+        ),
+        (
+            "timeout-too-long",
+            with(
+                valid_spec("n/D/c7"),
+                &["executionConfig"],
+                json!({"timeout": "1000h"}),
+            ),
+            FailureReason::ConfigurationError,
+            "timeout",
+        ),
+        (
+            "bad-sa-name",
+            with(
+                valid_spec("n/D/c8"),
+                &["executionConfig"],
+                json!({"serviceAccountName": "Bad_SA"}),
+            ),
+            FailureReason::ConfigurationError,
+            "serviceAccountName",
+        ),
+        (
+            "bad-dependency-name",
+            with(
+                valid_spec("n/D/c9"),
+                &["workflowRef", "dependencies"],
+                json!({"secrets": [{"name": "My Secret"}]}),
+            ),
+            FailureReason::ConfigurationError,
+            "dependencies",
+        ),
+    ];
+    for (name, spec, _, _) in &failing {
+        let obj: kube::core::DynamicObject =
+            serde_json::from_value(object(&h.ns, name, spec.clone())).unwrap();
+        api.create(&PostParams::default(), &obj)
+            .await
+            .unwrap_or_else(|e| panic!("{name} should be accepted: {e}"));
+    }
+    for (name, _, reason, text) in &failing {
+        let w = h.wait_phase(name, Phase::Failed).await;
+        let d = status(&w).failure_details.clone().unwrap();
+        assert_eq!(d.reason, *reason, "{name}: {}", d.message);
+        assert!(
+            d.message.contains(text),
+            "{name}: {:?} lacks {text:?}",
+            d.message
+        );
+        assert!(!d.was_execution_failure, "{name}");
+        count += 1;
+    }
+
+    // Hostile but valid: values reach the container verbatim; unicode names work.
+    let hostile = "a b; $(reboot) `id` \"q\" 'x' | tee /etc/passwd\nline2\ttab ünï 🚀";
+    h.create(&h.wfe(
+        "hostile-values",
+        Some("job"),
+        "n/D/d1",
+        &[("VALUE", hostile)],
+    ))
+    .await;
+    h.create(&h.wfe(
+        "unicode-target",
+        Some("job"),
+        "prod/Deployment/ünïcödé-app",
+        &[],
+    ))
+    .await;
+    for name in ["hostile-values", "unicode-target"] {
+        h.wait_phase(name, Phase::Succeeded).await;
+        count += 1;
+    }
+    let job = h
+        .jobs_list()
+        .await
+        .into_iter()
+        .find(|j| {
+            j.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("kubernaut.ai/workflow-execution"))
+                .map(String::as_str)
+                == Some("hostile-values")
+        })
+        .unwrap();
+    let env = job.spec.unwrap().template.spec.unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap();
+    assert_eq!(
+        env.iter()
+            .find(|e| e.name == "VALUE")
+            .unwrap()
+            .value
+            .as_deref(),
+        Some(hostile)
+    );
+
+    // A spec edited after creation is refused.
+    let err = h
+        .wfes()
+        .patch(
+            "hostile-values",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"targetResource": "n/D/other"}})),
+        )
+        .await
+        .expect_err("spec is immutable");
+    assert!(err.to_string().contains("immutable"), "{err}");
+    count += 1;
+
+    // Deleted while its Job starts: nothing is left behind.
+    h.create(&h.wfe(
+        "deleted-early",
+        Some("job"),
+        "n/D/e1",
+        &[("KWOK_RESULT", "hold")],
+    ))
+    .await;
+    h.wfes()
+        .delete("deleted-early", &DeleteParams::default())
+        .await
+        .unwrap();
+    wfe_testing::wait_for("deleted-early is gone", TIMEOUT, || async {
+        h.wfes()
+            .get_opt("deleted-early")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let name = wfe_executor::execution_name(&wfe_api::TargetKey::of("n/D/e1"));
+    wfe_testing::wait_for("its Job is gone", TIMEOUT, || async {
+        h.jobs()
+            .get_opt(&name)
+            .await
+            .unwrap()
+            .is_none_or(|j| j.metadata.deletion_timestamp.is_some())
+            .then_some(())
+    })
+    .await;
+    count += 1;
+    assert!(count >= 30, "the table has {count} cases");
+
+    // No hot loop: once settled, nothing is rewritten.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let versions = |list: Vec<WorkflowExecution>| -> BTreeMap<String, String> {
+        list.into_iter()
+            .map(|w| {
+                (
+                    w.metadata.name.clone().unwrap(),
+                    w.metadata.resource_version.clone().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let before = versions(h.wfes().list(&Default::default()).await.unwrap().items);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after = versions(h.wfes().list(&Default::default()).await.unwrap().items);
+    assert_eq!(
+        before, after,
+        "settled WorkflowExecutions must not be rewritten"
+    );
+
+    // And the operator still serves valid requests.
+    h.create(&h.wfe("still-serving", Some("job"), "n/D/f1", &[]))
+        .await;
+    h.wait_phase("still-serving", Phase::Succeeded).await;
+}
