@@ -315,6 +315,105 @@ fn new_wfe(name: &str, spec: wfe_api::WorkflowExecutionSpec) -> WorkflowExecutio
     w
 }
 
+/// With the operator's own credentials: what it needs is allowed, what it does not is denied.
+async fn least_privilege(kubeconfig: &Path) {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+    };
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(kubeconfig).unwrap(),
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    let client = Client::try_from(config).unwrap();
+    let reviews: Api<SelfSubjectAccessReview> = Api::all(client);
+    let can = |verb: &str, group: &str, resource: &str, ns: Option<&str>| {
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    verb: Some(verb.into()),
+                    group: Some(group.into()),
+                    resource: Some(resource.into()),
+                    namespace: ns.map(Into::into),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let reviews = reviews.clone();
+        async move {
+            reviews
+                .create(&PostParams::default(), &review)
+                .await
+                .unwrap()
+                .status
+                .unwrap()
+                .allowed
+        }
+    };
+    let needed = [
+        ("create", "batch", "jobs", Some(EXEC_NS)),
+        ("delete", "batch", "jobs", Some(EXEC_NS)),
+        ("create", "tekton.dev", "pipelineruns", Some(EXEC_NS)),
+        (
+            "patch",
+            "kubernaut.ai",
+            "workflowexecutions/status",
+            Some("production"),
+        ),
+        ("watch", "kubernaut.ai", "workflowexecutions", None),
+        ("create", "events.k8s.io", "events", Some(SYSTEM_NS)),
+        ("update", "coordination.k8s.io", "leases", Some(SYSTEM_NS)),
+    ];
+    for (verb, group, resource, ns) in needed {
+        assert!(
+            can(verb, group, resource, ns).await,
+            "the operator must be allowed to {verb} {resource} in {ns:?}"
+        );
+    }
+    let denied = [
+        ("get", "", "secrets", Some("kube-system")),
+        ("list", "", "secrets", Some(EXEC_NS)),
+        ("get", "", "secrets", Some(SYSTEM_NS)),
+        ("create", "", "pods", Some(EXEC_NS)),
+        ("create", "batch", "jobs", Some("production")),
+        ("create", "tekton.dev", "pipelineruns", Some("default")),
+        (
+            "create",
+            "kubernaut.ai",
+            "workflowexecutions",
+            Some(SYSTEM_NS),
+        ),
+        (
+            "delete",
+            "kubernaut.ai",
+            "workflowexecutions",
+            Some(SYSTEM_NS),
+        ),
+        ("patch", "apps", "deployments", Some("production")),
+        (
+            "create",
+            "rbac.authorization.k8s.io",
+            "rolebindings",
+            Some(EXEC_NS),
+        ),
+        (
+            "update",
+            "coordination.k8s.io",
+            "leases",
+            Some("kube-system"),
+        ),
+    ];
+    for (verb, group, resource, ns) in denied {
+        assert!(
+            !can(verb, group, resource, ns).await,
+            "the operator must NOT be allowed to {verb} {resource} in {ns:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "end to end: run by `cargo xtask e2e`"]
 async fn oomkill_remediation_through_the_job_backend_and_tekton_regression() {
@@ -402,6 +501,7 @@ async fn oomkill_remediation_through_the_job_backend_and_tekton_regression() {
     let (audit, audit_url) = Audit::start().await;
     let log = repo().join("target/we-operator-e2e.log");
     let operator = Operator::start(&kubeconfig, &audit_url, &log).await;
+    least_privilege(&kubeconfig).await;
     println!(
         "operator ready after {:?} (log: {})",
         started.elapsed(),
