@@ -541,8 +541,11 @@ impl Context {
         event_reason: &str,
     ) -> Result<Action, Error> {
         let now = self.now();
+        let kind = self
+            .executor(wfe)
+            .map_or("execution resource", |e| e.resource_kind());
         let status =
-            transitions::pre_execution_failed(wfe, &failure, deduplicated_by, attempted, now);
+            transitions::pre_execution_failed(wfe, kind, &failure, deduplicated_by, attempted, now);
         let updated = self.write_status(wfe, status).await?;
         metrics::terminal(wfe.engine().as_str(), "Failed", Duration::ZERO);
         self.event(

@@ -367,9 +367,11 @@ pub fn execution_failed(
 }
 
 /// Failed before any execution resource existed: validation, guards, refused create.
+/// `kind` names the engine's resource (`Job`, `PipelineRun`) for the condition message;
 /// `attempted` marks a dispatch attempt (counts for backoff).
 pub fn pre_execution_failed(
     wfe: &WorkflowExecution,
+    kind: &str,
     failure: &Failure,
     deduplicated_by: Option<String>,
     attempted: bool,
@@ -394,14 +396,6 @@ pub fn pre_execution_failed(
         FailureReason::UnsupportedEngine => "UnsupportedEngine",
         FailureReason::PreviousExecutionFailed | FailureReason::ExhaustedRetries => "TargetBlocked",
         _ => "ExecutionCreationFailed",
-    };
-    let kind = if wfe.spec.execution_engine.is_known() {
-        match wfe.spec.execution_engine {
-            wfe_api::ExecutionEngine::Job => "Job",
-            _ => "PipelineRun",
-        }
-    } else {
-        "execution resource"
     };
     set_condition(
         &mut s.conditions,
@@ -598,7 +592,7 @@ mod tests {
     fn pre_execution_failure() {
         let w = wfe(json!(null));
         let f = Failure::new(FailureReason::Deduplicated, "held by ns/first", false);
-        let s = pre_execution_failed(&w, &f, Some("ns/first".into()), false, t("00:00:05"));
+        let s = pre_execution_failed(&w, "Job", &f, Some("ns/first".into()), false, t("00:00:05"));
         assert_eq!(s.phase, Some(Phase::Failed));
         assert_eq!(s.deduplicated_by.as_deref(), Some("ns/first"));
         assert!(s.start_time.is_none(), "a guard outcome is not an attempt");
@@ -619,6 +613,7 @@ mod tests {
         );
         let forbidden = pre_execution_failed(
             &w,
+            "Job",
             &Failure::new(FailureReason::Forbidden, "denied", false),
             None,
             true,

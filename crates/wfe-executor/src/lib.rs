@@ -43,6 +43,26 @@ pub use error::{ExecutorError, is_already_exists, is_not_found};
 pub use naming::*;
 pub use registry::Registry;
 
+/// Whether the owner of a finished execution resource has recorded its outcome, so that the
+/// resource is stale and may be replaced by another WorkflowExecution's execution: the owner is
+/// gone, was recreated (another UID), or is terminal. A finished resource whose owner is still
+/// Pending or Running (for example after a crash between create and the status write) is not
+/// stale: its owner will adopt it and record the outcome, so it must not be deleted.
+pub async fn owner_settled(client: &kube::Client, owner: &Owner) -> Result<bool, ExecutorError> {
+    let api: kube::Api<WorkflowExecution> = kube::Api::namespaced(client.clone(), &owner.namespace);
+    match api.get_opt(&owner.name).await {
+        Ok(None) => Ok(true),
+        Ok(Some(wfe)) => {
+            let recreated = matches!((owner.uid.as_deref(), wfe.metadata.uid.as_deref()), (Some(a), Some(b)) if a != b);
+            Ok(recreated || wfe.phase().is_terminal())
+        }
+        Err(e) => Err(ExecutorError::from_kube(
+            &format!("read WorkflowExecution {owner}"),
+            e,
+        )),
+    }
+}
+
 /// What [`Executor::create`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CreateOutcome {

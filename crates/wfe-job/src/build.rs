@@ -152,7 +152,13 @@ pub fn build_job(wfe: &WorkflowExecution, cfg: &JobConfig) -> Result<Job, BuildE
     };
     let container = Container {
         name: CONTAINER_NAME.into(),
-        image: Some(spec.workflow_ref.container_image.clone()),
+        // An `oci://` prefix (accepted for bundles) is not part of a container image reference.
+        image: Some(
+            spec.workflow_ref
+                .container_image
+                .trim_start_matches("oci://")
+                .to_string(),
+        ),
         env: Some(environment(wfe)),
         volume_mounts: Some(mounts),
         resources: spec.workflow_ref.resources.clone(),

@@ -31,7 +31,7 @@ use kube::{
 use wfe_api::{ExecutionEngine, ExecutionRef, FieldError, WorkflowExecution, is_digest_pinned};
 use wfe_executor::{
     CreateOutcome, DeleteOutcome, Executor, ExecutorError, Observation, Owner, execution_name_for,
-    is_already_exists, is_not_found, is_owned_by, owner_of,
+    is_already_exists, is_not_found, is_owned_by, owner_of, owner_settled,
 };
 
 pub use build::{
@@ -39,7 +39,8 @@ pub use build::{
     owner_reference,
 };
 pub use status::{
-    JobFacts, MAX_MESSAGE, Needs, container_started, is_finished, needs, observe, tail,
+    JobFacts, MAX_MESSAGE, Needs, container_started, is_finished, is_suspended, needs, observe,
+    tail,
 };
 
 /// Configuration of the Job backend.
@@ -266,8 +267,17 @@ impl Executor for JobExecutor {
     async fn create(&self, wfe: &WorkflowExecution) -> Result<CreateOutcome, ExecutorError> {
         let job = build_job(wfe, &self.cfg).map_err(|e| ExecutorError::Invalid(e.to_string()))?;
         let name = job.name_any();
-        if self.cfg.preflight_checks {
-            self.preflight(wfe).await?;
+        if self.cfg.preflight_checks
+            && let Err(e) = self.preflight(wfe).await
+        {
+            // After a crash between create and the status write the Job may exist already:
+            // adopt it rather than failing on a dependency deleted since.
+            if let Some(existing) = self.get_job(&name).await?
+                && is_owned_by(&existing.metadata, wfe)
+            {
+                return Ok(CreateOutcome::Adopted(self.reference(&name)));
+            }
+            return Err(e);
         }
         for _attempt in 0..2 {
             match self.jobs().create(&PostParams::default(), &job).await {
@@ -281,18 +291,27 @@ impl Executor for JobExecutor {
             if is_owned_by(&existing.metadata, wfe) {
                 return Ok(CreateOutcome::Adopted(self.reference(&name)));
             }
-            let holder = owner_of(&existing.metadata).unwrap_or_else(|| Owner {
-                name: "<unknown>".into(),
-                namespace: self.cfg.namespace.clone(),
-                uid: None,
-            });
-            if !is_finished(&existing) {
+            // A Job we did not label is never touched.
+            let Some(holder) = owner_of(&existing.metadata) else {
+                let holder = Owner {
+                    name: "<unknown>".into(),
+                    namespace: "<unknown>".into(),
+                    uid: None,
+                };
+                return Ok(CreateOutcome::HeldBy {
+                    reference: self.reference(&name),
+                    holder,
+                });
+            };
+            // A running (or suspended-after-failure) Job of another WorkflowExecution holds the
+            // target; a finished one is stale only once its owner recorded the outcome.
+            let finished = is_finished(&existing) || is_suspended(&existing);
+            if !finished || !owner_settled(&self.client, &holder).await? {
                 return Ok(CreateOutcome::HeldBy {
                     reference: self.reference(&name),
                     holder,
                 });
             }
-            // A finished Job of another WorkflowExecution is stale: remove it and create ours.
             tracing::info!(job = %name, previous_owner = %holder, "deleting a stale finished Job to start a new execution");
             self.delete_job(&existing).await?;
         }

@@ -51,6 +51,11 @@ pub fn is_finished(job: &Job) -> bool {
     condition(job, "Complete").is_some() || condition(job, "Failed").is_some()
 }
 
+/// True when the Job was suspended (the executor suspends a Job whose execution it failed early).
+pub fn is_suspended(job: &Job) -> bool {
+    job.spec.as_ref().and_then(|s| s.suspend) == Some(true)
+}
+
 /// What the executor must read besides the Job to classify it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Needs {
@@ -334,8 +339,11 @@ pub fn observe(facts: &JobFacts<'_>) -> Observation {
     if let Some(c) = condition(job, "Failed") {
         let job_reason = c.reason.clone().unwrap_or_default();
         let job_message = c.message.clone().unwrap_or_default();
-        let started = container_started(facts.pod);
+        // When the deadline removed the pod before we could look, assume the workflow ran: the
+        // safe assumption (it blocks the target until a person clears it).
         let deadline = job_reason == "DeadlineExceeded";
+        let started = container_started(facts.pod)
+            || (deadline && facts.pod.is_none() && facts.job_events.is_empty());
         let mut failure = not_started_cause(facts)
             .or_else(|| {
                 deadline.then(|| {
@@ -376,11 +384,27 @@ pub fn observe(facts: &JobFacts<'_>) -> Observation {
     }
     // Still running: fail early only on states that cannot resolve by themselves.
     let active = job.status.as_ref().and_then(|s| s.active).unwrap_or(0);
-    if let Some(pod) = facts.pod
-        && pod_age(pod, facts.now) >= facts.stuck_grace
-        && let Some(failure) =
-            not_started_cause(facts).filter(|f| f.reason == FailureReason::ConfigurationError)
-    {
+    let job_age: std::time::Duration = job
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .and_then(|t| facts.now.duration_since(t.0).try_into().ok())
+        .unwrap_or_default();
+    let stuck = match facts.pod {
+        // A pod that cannot start its container (missing object).
+        Some(pod) => pod_age(pod, facts.now) >= facts.stuck_grace,
+        // No pod at all: pod creation is refused (quota, service account, Pod Security).
+        None => job_age >= facts.stuck_grace,
+    };
+    let permanent = |f: &Failure| {
+        matches!(
+            f.reason,
+            FailureReason::ConfigurationError
+                | FailureReason::ResourceExhausted
+                | FailureReason::Forbidden
+        )
+    };
+    if stuck && let Some(failure) = not_started_cause(facts).filter(permanent) {
         return Observation::Failed {
             summary: summary(facts, "False", "NotStarted", failure.message.clone()),
             failure,

@@ -600,3 +600,54 @@ fn long_messages_keep_their_tail() {
     let f = failure(map(&job, Some(&pod), &[], &[]));
     assert!(f.message.len() <= wfe_job::MAX_MESSAGE + 8 && f.message.ends_with("THE END"));
 }
+
+#[test]
+fn refused_pod_creation_fails_early_after_the_grace_period() {
+    let mut job = job_with(json!({"active": 0}));
+    job.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        "2026-01-01T00:00:00Z".parse().unwrap(),
+    ));
+    let quota = [event(
+        "FailedCreate",
+        "Error creating: pods \"wfe-x-1\" is forbidden: exceeded quota: compute, requested: pods=1",
+    )];
+    let f = failure(map(&job, None, &[], &quota));
+    assert_eq!(f.reason, FailureReason::ResourceExhausted);
+    assert!(!f.was_execution_failure);
+    // A young Job is given time (the refusal may be transient).
+    job.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        "2026-01-01T00:09:50Z".parse().unwrap(),
+    ));
+    assert!(matches!(
+        map(&job, None, &[], &quota),
+        Observation::Running { .. }
+    ));
+}
+
+#[test]
+fn deadline_with_the_pod_already_gone_assumes_the_workflow_ran() {
+    let job = failed(
+        json!({"failed": 1, "reason": "DeadlineExceeded", "message": "Job was active longer than specified deadline"}),
+    );
+    let f = failure(map(&job, None, &[], &[]));
+    assert_eq!(f.reason, FailureReason::DeadlineExceeded);
+    assert!(
+        f.was_execution_failure,
+        "no evidence it did not run: block the target"
+    );
+}
+
+#[test]
+fn oci_prefix_is_not_part_of_the_container_image() {
+    let w = wfe(
+        "ns",
+        json!({"workflowRef": {"workflowId": "w", "version": "1", "containerImage": format!("oci://r.example/x@{DIGEST}")}}),
+    );
+    let job = build_job(&w, &cfg()).unwrap();
+    assert_eq!(
+        job.spec.unwrap().template.spec.unwrap().containers[0]
+            .image
+            .as_deref(),
+        Some(format!("r.example/x@{DIGEST}").as_str())
+    );
+}

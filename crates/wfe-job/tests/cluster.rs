@@ -259,11 +259,25 @@ async fn delete_of_a_foreign_job_is_refused_and_stale_jobs_are_replaced() {
         .await;
     e.exec.create(&a).await.unwrap();
     assert_eq!(e.exec.delete(&b).await.unwrap(), DeleteOutcome::NotOwned);
-    // When a's Job finished, it is stale for b: b replaces it.
     assert!(matches!(
         e.finished(&a).await,
         Observation::Succeeded { .. }
     ));
+    // Finished, but its owner has not recorded the outcome yet (as after a crash): still held.
+    assert!(matches!(
+        e.exec.create(&b).await.unwrap(),
+        CreateOutcome::HeldBy { .. }
+    ));
+    // Once the owner is terminal, the finished Job is stale for b: b replaces it.
+    let wfes = Api::<WorkflowExecution>::namespaced(e.client.clone(), &e.ns);
+    let done = json!({"status": {"phase": "Succeeded", "completionTime": "2026-01-01T00:00:00Z"}});
+    wfes.patch_status(
+        "owner-a",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&done),
+    )
+    .await
+    .unwrap();
     match e.exec.create(&b).await.unwrap() {
         CreateOutcome::Created(_) => {}
         other => panic!("a finished Job of another execution must be replaced, got {other:?}"),

@@ -414,6 +414,14 @@ impl Executor for TektonExecutor {
                     return Ok(CreateOutcome::HeldBy { reference, holder });
                 }
                 Existing::Stale(owner) => {
+                    // Stale only once its owner recorded the outcome (a crash between create
+                    // and the owner's status write leaves a finished run its owner will adopt).
+                    if !wfe_executor::owner_settled(&self.client, &owner).await? {
+                        return Ok(CreateOutcome::HeldBy {
+                            reference,
+                            holder: owner,
+                        });
+                    }
                     tracing::info!(pipelinerun = %name, previous_owner = %owner, round, "removing finished PipelineRun of another WorkflowExecution");
                     if !self.remove_stale(&existing).await? {
                         return Err(ExecutorError::Transient(format!(

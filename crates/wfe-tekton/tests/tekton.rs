@@ -562,6 +562,21 @@ async fn a_finished_run_of_another_workflow_execution_is_replaced() {
         }),
     )
     .await;
+    // Finished, but its owner has not recorded the outcome (as after a crash): still held.
+    assert!(matches!(
+        env.executor.create(&second).await.expect("create"),
+        CreateOutcome::HeldBy { .. }
+    ));
+    // Once the owner is terminal, the finished run is stale.
+    let wfes = kube::Api::<wfe_api::WorkflowExecution>::namespaced(env.client.clone(), &env.wfe_ns);
+    let done = serde_json::json!({"status": {"phase": "Succeeded", "completionTime": "2026-01-01T00:00:00Z"}});
+    wfes.patch_status(
+        "first",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&done),
+    )
+    .await
+    .expect("owner terminal");
     assert_eq!(
         env.executor.create(&second).await.expect("create"),
         CreateOutcome::Created(wfe_api::ExecutionRef {

@@ -33,7 +33,7 @@ use wfe_job::{JobConfig, JobExecutor};
 use wfe_tekton::{TektonConfig, TektonExecutor};
 
 pub const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-pub const TIMEOUT: Duration = Duration::from_secs(60);
+pub const TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Captures audit batches; answers 503 while `down`.
 #[derive(Clone, Default)]
