@@ -78,6 +78,7 @@ pub fn test(root: &Path, keep_cluster: bool) -> Result<()> {
         ],
     )?;
     crate::crdgen(true)?;
+    supply_chain(root)?;
     let started = ensure_cluster(root)?;
     let result = (|| {
         run(
@@ -94,6 +95,28 @@ pub fn test(root: &Path, keep_cluster: bool) -> Result<()> {
     result?;
     println!("\nall checks passed in {:.0?}", start.elapsed());
     Ok(())
+}
+
+/// Licenses, banned crates and sources (`deny.toml`), installing cargo-deny when missing.
+fn supply_chain(root: &Path) -> Result<()> {
+    let installed = Command::new("cargo")
+        .args(["deny", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !installed {
+        run(
+            root,
+            "install cargo-deny",
+            "cargo",
+            &["install", "--locked", "cargo-deny@0.20.2"],
+        )?;
+    }
+    run(
+        root,
+        "supply chain",
+        "cargo",
+        &["deny", "--offline", "check", "licenses", "bans", "sources"],
+    )
 }
 
 fn e2e_inner(root: &Path) -> Result<()> {
