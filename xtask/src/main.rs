@@ -1,5 +1,6 @@
 //! `cargo xtask`: project automation.
 
+mod bench;
 mod cluster;
 mod flows;
 
@@ -37,6 +38,8 @@ enum Cmd {
     },
     /// Start the local cluster, the operator and the samples, and show them finish.
     Demo,
+    /// Measure the release operator on the local control plane (docs/benchmarks.md; not run by `test`).
+    Bench(bench::Args),
     /// The local Kubernetes control plane for tests (see docs/controlplane.md).
     Cluster {
         #[command(subcommand)]
@@ -59,6 +62,7 @@ fn main() -> Result<()> {
         Cmd::Test { keep_cluster } => flows::test(&repo_root(), keep_cluster),
         Cmd::E2e { keep_cluster } => flows::e2e(&repo_root(), keep_cluster),
         Cmd::Demo => flows::demo(&repo_root()),
+        Cmd::Bench(args) => bench::run(&repo_root(), args),
     }
 }
 

@@ -5,6 +5,8 @@
 //! and the admin server (`/livez`, `/readyz`, `/metrics`).
 
 mod admin;
+mod apicount;
+mod webhook;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -71,8 +73,8 @@ struct RunArgs {
     /// Consecutive pre-execution failures on a target before requests fail with ExhaustedRetries.
     #[arg(long, env = "WFE_MAX_CONSECUTIVE_FAILURES", default_value_t = 5)]
     max_consecutive_failures: u32,
-    /// ttlSecondsAfterFinished of Jobs (a fallback; Jobs are deleted after the cooldown).
-    #[arg(long, env = "WFE_JOB_TTL_SECONDS", default_value_t = 600)]
+    /// ttlSecondsAfterFinished of Jobs, at least 60 (a fallback; Jobs are deleted after the cooldown).
+    #[arg(long, env = "WFE_JOB_TTL_SECONDS", default_value_t = 600, value_parser = clap::value_parser!(i32).range(60..))]
     job_ttl_seconds: i32,
     /// Service account of workflows that name none.
     #[arg(
@@ -124,6 +126,26 @@ struct RunArgs {
     /// Re-read running executions at least this often (watches normally make this unnecessary).
     #[arg(long, env = "WFE_RUNNING_RESYNC", default_value = "5m", value_parser = duration)]
     running_resync: Duration,
+    /// Serve the block-clearing admission webhook (TLS) on this address.
+    #[arg(long, env = "WFE_WEBHOOK_ADDRESS", requires_all = ["webhook_cert_file", "webhook_key_file", "clearance_key_file"])]
+    webhook_address: Option<SocketAddr>,
+    /// PEM certificate of the webhook.
+    #[arg(long, env = "WFE_WEBHOOK_CERT_FILE")]
+    webhook_cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of the webhook.
+    #[arg(long, env = "WFE_WEBHOOK_KEY_FILE")]
+    webhook_key_file: Option<std::path::PathBuf>,
+    /// File with the secret (at least 32 bytes) that signs and verifies clearance attestations;
+    /// the same for every replica. Without it, clearances are recorded as `clearedBy: unknown`.
+    #[arg(long, env = "WFE_CLEARANCE_KEY_FILE")]
+    clearance_key_file: Option<std::path::PathBuf>,
+    /// The operator's own user name, the only one allowed to write status.blockClearance.
+    #[arg(
+        long,
+        env = "WFE_OPERATOR_USERNAME",
+        default_value = "system:serviceaccount:kubernaut-system:we-operator"
+    )]
+    operator_username: String,
 }
 
 fn init_logging(format: LogFormat, level: &str) -> Result<()> {
@@ -218,6 +240,7 @@ async fn run(args: RunArgs) -> Result<()> {
         .install_recorder()
         .context("cannot install the metrics recorder")?;
     wfe_controller::metrics::describe();
+    apicount::describe();
 
     let health = Arc::new(Health::default());
     let state = Arc::new(admin::State::new(
@@ -226,8 +249,32 @@ async fn run(args: RunArgs) -> Result<()> {
         args.leader_election,
     ));
     admin::serve(state.clone(), args.health_address, args.metrics_address).await?;
+    let clearance_key = match &args.clearance_key_file {
+        Some(path) => Some(
+            wfe_controller::clearance::ClearanceKey::new(
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
+            )
+            .map_err(anyhow::Error::msg)?,
+        ),
+        None => None,
+    };
+    if let (Some(addr), Some(cert), Some(key), Some(clearance)) = (
+        args.webhook_address,
+        &args.webhook_cert_file,
+        &args.webhook_key_file,
+        &clearance_key,
+    ) {
+        webhook::serve(
+            addr,
+            cert,
+            key,
+            clearance.clone(),
+            args.operator_username.clone(),
+        )
+        .await?;
+    }
 
-    let client = Client::try_default()
+    let client = apicount::client()
         .await
         .context("cannot build a Kubernetes client (in-cluster or KUBECONFIG)")?;
     // One signal, many listeners.
@@ -292,6 +339,7 @@ async fn run(args: RunArgs) -> Result<()> {
             concurrency: args.concurrency,
             watch_namespace: args.watch_namespace.clone(),
             execution_namespace: args.execution_namespace.clone(),
+            clearance_key,
         },
         audit,
         reporter: Reporter {

@@ -12,6 +12,7 @@
 //! with unit tests; [`reconcile`] does the I/O.
 
 pub mod audit;
+pub mod clearance;
 pub mod guards;
 pub mod metrics;
 pub mod reconcile;

@@ -124,6 +124,7 @@ impl Harness {
             concurrency: 8,
             watch_namespace: Some(ns.clone()),
             execution_namespace: exec_ns.clone(),
+            clearance_key: None,
         };
         let mut h = Harness {
             client,

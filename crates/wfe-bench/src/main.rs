@@ -1,0 +1,664 @@
+//! `wfe-bench`: the driver of `cargo xtask bench` (issue #11).
+//!
+//! Measures the release `we-operator` on the local control plane started WITHOUT node components
+//! (etcd + kube-apiserver only: nothing but the operator and this driver touches Jobs). The driver
+//! plays the Job controller: it watches Jobs and completes each one by patching its status a hold
+//! time after it appeared. Workloads (Job engine, one distinct target per execution so that no
+//! guard ever holds one back):
+//!
+//! 1. bursts of 1, 100 and 1000 WorkflowExecutions created as fast as the client allows;
+//! 2. a steady 10 executions/s for 30 s;
+//! 3. 10 000 finished WorkflowExecutions present when the operator starts, then 100 new ones.
+//!
+//! Every workload gets a fresh operator process (watching only the bench namespace) and a clean
+//! namespace. Results go to `--out` (JSON) and, with `--docs`, into the generated part of
+//! docs/benchmarks.md.
+
+mod operator;
+mod probe;
+mod prom;
+mod report;
+mod setup;
+mod tracker;
+mod workload;
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use axum::{Router, body::Bytes, extract::State, http::StatusCode, routing::post};
+use clap::Parser;
+use kube::Client;
+use operator::{Launch, Operator};
+use prom::{Counts, delta};
+use report::{Attempt, Reference, Results, Scale, Stats, Workload, mib, r1, r3};
+use tracker::{Observed, Tracker};
+
+/// How long a Job "runs" before the driver completes it.
+const HOLD: Duration = Duration::from_secs(1);
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "wfe-bench",
+    about = "Measures we-operator on the local control plane (run it through `cargo xtask bench`)"
+)]
+struct Args {
+    /// The operator binary (a release build).
+    #[arg(long)]
+    operator: PathBuf,
+    /// Admin kubeconfig of the local cluster.
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    /// Repository root (for deploy/).
+    #[arg(long)]
+    repo: PathBuf,
+    /// Where to write the JSON results.
+    #[arg(long)]
+    out: PathBuf,
+    /// Markdown file whose generated section is replaced with the results.
+    #[arg(long)]
+    docs: Option<PathBuf>,
+    /// Reduced sizes for trying the bench out (not for publishing).
+    #[arg(long)]
+    quick: bool,
+    /// A note on how the cluster was prepared, for the report.
+    #[arg(
+        long,
+        default_value = "etcd + kube-apiserver only (no controller-manager, scheduler or kwok)"
+    )]
+    cluster: String,
+}
+
+/// Sizes of the run.
+#[derive(Debug, Clone)]
+struct Plan {
+    bursts: Vec<usize>,
+    steady_rate: u32,
+    steady_for: Duration,
+    existing: usize,
+    new_on_top: usize,
+}
+
+impl Plan {
+    fn full() -> Plan {
+        Plan {
+            bursts: vec![1, 100, 1000],
+            steady_rate: 10,
+            steady_for: Duration::from_secs(30),
+            existing: 10_000,
+            new_on_top: 100,
+        }
+    }
+
+    fn quick() -> Plan {
+        Plan {
+            bursts: vec![1, 20, 200],
+            steady_rate: 10,
+            steady_for: Duration::from_secs(5),
+            existing: 1000,
+            new_on_top: 20,
+        }
+    }
+}
+
+/// The HTTP audit receiver: acknowledges every batch (201) and counts the events by type, and
+/// the deliveries of an event id it had already acknowledged.
+#[derive(Clone, Debug, Default)]
+struct Audit {
+    state: Arc<Mutex<AuditState>>,
+}
+
+#[derive(Debug, Default)]
+struct AuditState {
+    seen: HashSet<String>,
+    by_type: Counts,
+    again_by_type: Counts,
+}
+
+impl Audit {
+    fn counts(&self) -> (Counts, Counts) {
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        (s.by_type.clone(), s.again_by_type.clone())
+    }
+}
+
+async fn receive(State(a): State<Audit>, body: Bytes) -> StatusCode {
+    let events: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap_or_default();
+    let mut s = a.state.lock().unwrap_or_else(|e| e.into_inner());
+    for e in events {
+        let ty = e["event_type"].as_str().unwrap_or("?").to_string();
+        let id = e["event_id"].as_str().unwrap_or("").to_string();
+        *s.by_type.entry(ty.clone()).or_default() += 1.0;
+        if !s.seen.insert(id) {
+            *s.again_by_type.entry(ty).or_default() += 1.0;
+        }
+    }
+    StatusCode::CREATED
+}
+
+async fn start_audit() -> Result<(Audit, String)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let audit = Audit::default();
+    let app = Router::new()
+        .route("/api/v1/audit/events/batch", post(receive))
+        .with_state(audit.clone());
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            eprintln!("audit receiver stopped: {e}");
+        }
+    });
+    Ok((audit, url))
+}
+
+/// What a workload does.
+#[derive(Debug, Clone, Copy)]
+enum Load {
+    Burst(usize),
+    Steady { rate: u32, duration: Duration },
+}
+
+impl Load {
+    fn count(self) -> usize {
+        match self {
+            Load::Burst(n) => n,
+            Load::Steady { rate, duration } => {
+                (f64::from(rate) * duration.as_secs_f64()).round() as usize
+            }
+        }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Latencies between two maps of instants, for the names in `from`.
+fn latencies(
+    from: &std::collections::HashMap<String, Instant>,
+    to: &std::collections::HashMap<String, Instant>,
+) -> Vec<f64> {
+    from.iter()
+        .filter_map(|(n, a)| to.get(n).map(|b| ms(b.saturating_duration_since(*a))))
+        .collect()
+}
+
+/// API counts per execution: (total, by verb, by `verb resource`).
+fn per_execution(counts: &Counts, n: usize) -> (f64, BTreeMap<String, f64>, BTreeMap<String, f64>) {
+    let n = n.max(1) as f64;
+    let mut by_verb: BTreeMap<String, f64> = BTreeMap::new();
+    let mut total = 0.0;
+    for (request, v) in counts {
+        total += v;
+        let verb = request.split_whitespace().next().unwrap_or("").to_string();
+        *by_verb.entry(verb).or_default() += v;
+    }
+    (r3(total / n), per(&by_verb, n), per(counts, n))
+}
+
+/// Every value divided by `n`.
+fn per(counts: &Counts, n: f64) -> BTreeMap<String, f64> {
+    counts.iter().map(|(k, v)| (k.clone(), r3(v / n))).collect()
+}
+
+/// Context shared by the workloads.
+struct Bench {
+    client: Client,
+    launch: Launch,
+    audit: Audit,
+    peak_kib: u64,
+    cluster: Vec<(String, u32)>,
+    cpus: usize,
+}
+
+/// Summary of the observation of one workload (the operator part is filled in by the caller).
+fn summarize(
+    name: &str,
+    description: &str,
+    requested: usize,
+    o: &Observed,
+    timed_out: bool,
+) -> Workload {
+    let dispatch = latencies(&o.create_sent, &o.job_seen);
+    let completion = latencies(&o.complete_sent, &o.succeeded);
+    let create_call = latencies(&o.create_sent, &o.create_done);
+    let first_create = o.create_sent.values().min().copied();
+    let last_job = o.job_seen.values().max().copied();
+    let last_release = o.released.values().max().copied();
+    let window = match (first_create, last_job) {
+        (Some(a), Some(b)) => b.saturating_duration_since(a).as_secs_f64(),
+        _ => 0.0,
+    };
+    let wall = match (first_create, last_release) {
+        (Some(a), Some(b)) => b.saturating_duration_since(a).as_secs_f64(),
+        _ => 0.0,
+    };
+    Workload {
+        name: name.into(),
+        description: description.into(),
+        executions: requested,
+        created: o.create_done.len(),
+        dispatched: o.job_seen.len(),
+        succeeded: o.succeeded.len(),
+        failed: o.failed.len(),
+        released: o.released.len(),
+        timed_out,
+        dispatch_latency_ms: Stats::of(dispatch),
+        completion_propagation_ms: Stats::of(completion),
+        create_call_ms: Stats::of(create_call),
+        dispatch_throughput_per_s: if window > 0.0 {
+            r1(o.job_seen.len() as f64 / window)
+        } else {
+            0.0
+        },
+        dispatch_window_s: r3(window),
+        wall_s: r3(wall),
+        errors: o.errors.iter().take(5).cloned().collect(),
+        failures: o
+            .failed
+            .iter()
+            .take(5)
+            .map(|(n, r)| format!("{n}: {r}"))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+impl Bench {
+    /// One workload on a fresh operator and a clean namespace.
+    async fn run(
+        &mut self,
+        name: &str,
+        prefix: &str,
+        description: &str,
+        load: Load,
+    ) -> Result<Workload> {
+        eprintln!("==> {name}: {description}");
+        workload::clean(&self.client).await?;
+        let tracker = Arc::new(Tracker::start(&self.client, prefix, HOLD).await?);
+        let op = Operator::start(&self.launch, setup::BENCH_NS, prefix).await?;
+        op.settle(Duration::from_millis(300), 0.01, Duration::from_secs(10))
+            .await;
+        let n = load.count();
+        let (w, hwm) = self
+            .measure(&op, &tracker, name, prefix, description, load, n)
+            .await?;
+        let hwm = hwm.max(op.stop().await?);
+        self.peak_kib = self.peak_kib.max(hwm);
+        let mut w = w;
+        w.operator_peak_rss_mib = mib(hwm);
+        eprintln!(
+            "    dispatch p50/p99 {}/{} ms, completion p50/p99 {}/{} ms, {} dispatched/s, {} API calls and {} CPU ms per execution",
+            w.dispatch_latency_ms.p50,
+            w.dispatch_latency_ms.p99,
+            w.completion_propagation_ms.p50,
+            w.completion_propagation_ms.p99,
+            w.dispatch_throughput_per_s,
+            w.api_calls_per_execution,
+            w.operator_cpu_ms_per_execution
+        );
+        Ok(w)
+    }
+
+    /// Runs `load` against a ready operator and measures it.
+    #[allow(clippy::too_many_arguments)]
+    async fn measure(
+        &self,
+        op: &Operator,
+        tracker: &Arc<Tracker>,
+        name: &str,
+        prefix: &str,
+        description: &str,
+        load: Load,
+        n: usize,
+    ) -> Result<(Workload, u64)> {
+        let metrics_before = op.metrics().await?;
+        let cpu_before = op.cpu_seconds()?;
+        let (audit_before, again_before) = self.audit.counts();
+        let snap_before = probe::snapshot(&self.client, &self.cluster, Some(op.pid())).await;
+        match load {
+            Load::Burst(n) => workload::burst(&self.client, tracker, prefix, n).await,
+            Load::Steady { rate, duration } => {
+                workload::steady(&self.client, tracker, prefix, rate, duration).await;
+            }
+        }
+        let limit = Duration::from_secs(120) + Duration::from_millis(300) * n as u32;
+        let finished = tracker.wait_finished(n, limit).await;
+        // Events are published by spawned tasks: let the last ones go out.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let snap_after = probe::snapshot(&self.client, &self.cluster, Some(op.pid())).await;
+        let metrics_after = op.metrics().await?;
+        let cpu = op.cpu_seconds()? - cpu_before;
+        let (audit_after, again_after) = self.audit.counts();
+        let (rss, hwm) = op.memory_kib()?;
+        let observed = tracker.finish();
+        let mut w = summarize(name, description, n, &observed, !finished);
+        let nf = n.max(1) as f64;
+        let calls = delta(
+            &operator::api_counts(&metrics_before),
+            &operator::api_counts(&metrics_after),
+        );
+        let (total, by_verb, by_request) = per_execution(&calls, n);
+        w.operator_cpu_s = r3(cpu);
+        w.operator_cpu_ms_per_execution = r3(cpu * 1000.0 / nf);
+        w.api_calls_per_execution = total;
+        w.api_calls_per_execution_by_verb = by_verb;
+        w.api_calls_per_execution_by_request = by_request;
+        w.reconcile_errors_per_execution = per(
+            &delta(
+                &operator::reconcile_errors(&metrics_before),
+                &operator::reconcile_errors(&metrics_after),
+            ),
+            nf,
+        );
+        let audit = delta(&audit_before, &audit_after);
+        w.audit_events_per_execution = r3(audit.values().sum::<f64>() / nf);
+        w.audit_events_per_execution_by_type = per(&audit, nf);
+        w.audit_redeliveries_per_execution_by_type = per(&delta(&again_before, &again_after), nf);
+        w.usage = probe::usage(&snap_before, &snap_after, self.cpus);
+        w.operator_ready_s = r3(op.ready_after.as_secs_f64());
+        w.operator_rss_end_mib = mib(rss);
+        Ok((w, hwm))
+    }
+
+    /// The operator starting with `existing` finished WorkflowExecutions, then `new` more.
+    async fn scale(&mut self, existing: usize, new: usize) -> Result<(Scale, Workload)> {
+        let name = format!("with-{existing}-finished");
+        let description = format!(
+            "{new} new executions created at once while the operator holds {existing} finished ones in its cache"
+        );
+        eprintln!("==> {name}: creating {existing} finished WorkflowExecutions (operator stopped)");
+        workload::clean(&self.client).await?;
+        let create = workload::create_finished(&self.client, "old", existing).await?;
+        eprintln!(
+            "    created in {:.1} s; starting the operator",
+            create.as_secs_f64()
+        );
+        let tracker = Arc::new(Tracker::start(&self.client, "new", HOLD).await?);
+        let op = Operator::start(&self.launch, setup::BENCH_NS, "scale").await?;
+        let settle = op
+            .settle(Duration::from_secs(1), 0.02, Duration::from_secs(180))
+            .await;
+        let startup_calls = op.api_counts().await?;
+        let startup_cpu = op.cpu_seconds()?;
+        let (rss_idle, _) = op.memory_kib()?;
+        eprintln!(
+            "    ready after {:.2} s, idle {:.1} s later, {:.1} MiB RSS idle; {description}",
+            op.ready_after.as_secs_f64(),
+            settle.as_secs_f64(),
+            mib(rss_idle)
+        );
+        let (mut w, hwm) = self
+            .measure(
+                &op,
+                &tracker,
+                &name,
+                "new",
+                &description,
+                Load::Burst(new),
+                new,
+            )
+            .await?;
+        let (rss_after, _) = op.memory_kib()?;
+        let hwm = hwm.max(op.stop().await?);
+        self.peak_kib = self.peak_kib.max(hwm);
+        w.operator_peak_rss_mib = mib(hwm);
+        let scale = Scale {
+            existing,
+            create_s: r1(create.as_secs_f64()),
+            ready_s: r3(w.operator_ready_s),
+            settle_s: r1(settle.as_secs_f64()),
+            startup_cpu_s: r3(startup_cpu),
+            startup_api_calls: startup_calls,
+            rss_idle_mib: mib(rss_idle),
+            rss_after_mib: mib(rss_after),
+            peak_rss_mib: mib(hwm),
+        };
+        eprintln!(
+            "    dispatch p99 {} ms, completion p99 {} ms; RSS {} MiB after, peak {} MiB",
+            w.dispatch_latency_ms.p99,
+            w.completion_propagation_ms.p99,
+            scale.rss_after_mib,
+            scale.peak_rss_mib
+        );
+        Ok((scale, w))
+    }
+}
+
+/// Tries to obtain the reference controller's module through the Go module proxy.
+async fn reference() -> Reference {
+    let mut attempts = Vec::new();
+    let dir = std::env::temp_dir().join(format!("wfe-bench-ref-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    for args in [
+        vec!["list", "-m", "-versions", "github.com/jordigilh/kubernaut"],
+        vec!["mod", "download", "github.com/jordigilh/kubernaut@latest"],
+    ] {
+        let command = format!("go {}", args.join(" "));
+        let out = tokio::time::timeout(
+            Duration::from_secs(90),
+            tokio::process::Command::new("go")
+                .args(&args)
+                .current_dir(&dir)
+                .env("GOWORK", "off")
+                .env("GOFLAGS", "-mod=mod")
+                .output(),
+        )
+        .await;
+        let (exit_code, output) = match out {
+            Ok(Ok(o)) => (
+                o.status.code(),
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stderr),
+                    String::from_utf8_lossy(&o.stdout)
+                ),
+            ),
+            Ok(Err(e)) => (None, format!("cannot run go: {e}")),
+            Err(_) => (None, "timed out after 90 s".into()),
+        };
+        attempts.push(Attempt {
+            command,
+            exit_code,
+            output: output.trim().to_string(),
+        });
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let reachable = attempts.iter().any(|a| a.exit_code == Some(0));
+    let note = if reachable {
+        "n/a (the module answered, but this bench does not build the reference yet)"
+    } else {
+        report::NO_RATIO
+    };
+    let ratios = [
+        "dispatch_latency_p99",
+        "burst_1000_throughput",
+        "completion_propagation_p99",
+        "rss_with_10000",
+        "api_calls_per_execution",
+    ]
+    .iter()
+    .map(|k| (k.to_string(), note.to_string()))
+    .collect();
+    Reference {
+        implementation: "github.com/jordigilh/kubernaut, cmd/workflowexecution (the Go controller)".into(),
+        buildable: false,
+        attempts,
+        documented_bounds: vec![
+            "completion is detected by a 10 s RequeueAfter poll of Running WorkflowExecutions, not by the Job watch: its global GenerationChangedPredicate filters Job status updates (reference-behaviour.md §9.2 and §12 item 7), so its completion propagation is up to ~10 s".into(),
+            "MaxConcurrentReconciles is not set: controller-runtime's default of 1 reconcile at a time (reference-behaviour.md §9.1), so every dispatch of a burst is serial".into(),
+        ],
+        ratios,
+    }
+}
+
+fn git_describe(repo: &std::path::Path) -> String {
+    std::process::Command::new("git")
+        .args(["describe", "--always", "--dirty"])
+        .current_dir(repo)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let started = Instant::now();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    operator::check_binary(&args.operator)?;
+    let plan = if args.quick {
+        Plan::quick()
+    } else {
+        Plan::full()
+    };
+    let out_dir = args
+        .out
+        .parent()
+        .context("--out has no parent directory")?
+        .to_path_buf();
+    std::fs::create_dir_all(&out_dir)?;
+
+    let reference = tokio::spawn(reference());
+    let client = setup::admin_client(&args.kubeconfig).await?;
+    setup::prepare(&client, &args.repo).await?;
+    let kubeconfig = setup::operator_kubeconfig(&client, &args.kubeconfig, &out_dir).await?;
+    let (audit, audit_url) = start_audit().await?;
+    let launch = Launch {
+        binary: args.operator.clone(),
+        kubeconfig,
+        audit_url,
+        log_dir: out_dir.clone(),
+    };
+    let operator_desc = format!(
+        "`{} {}` (release build, authenticated as the `we-operator` ServiceAccount with the RBAC of deploy/, concurrency 16 by default)",
+        args.operator
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        launch
+            .flags(setup::BENCH_NS)
+            .iter()
+            .map(|f| if f.starts_with("http://") {
+                "http://127.0.0.1:<port>".to_string()
+            } else {
+                f.clone()
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let mut bench = Bench {
+        client: client.clone(),
+        launch,
+        audit,
+        peak_kib: 0,
+        cluster: probe::cluster_pids(&args.kubeconfig),
+        cpus: report::Machine::read().logical_cpus,
+    };
+    let load_before = std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ");
+    eprintln!(
+        "==> calibration: single API calls on the idle API server (load average {load_before})"
+    );
+    workload::clean(&client).await?;
+    let calibration = probe::calibrate(&client, if args.quick { 10 } else { 50 }).await?;
+    for (k, v) in &calibration {
+        eprintln!("    {k}: p50 {} ms, p95 {} ms", v.p50, v.p95);
+    }
+
+    let mut workloads = Vec::new();
+    for &n in &plan.bursts {
+        let name = format!("burst-{n}");
+        let description = format!(
+            "{n} WorkflowExecution(s) created at once ({} create calls in flight)",
+            workload::CONCURRENCY
+        );
+        workloads.push(
+            bench
+                .run(&name, &name, &description, Load::Burst(n))
+                .await?,
+        );
+    }
+    let steady_name = format!("steady-{}/s", plan.steady_rate);
+    let steady_description = format!(
+        "{} executions/s for {} s",
+        plan.steady_rate,
+        plan.steady_for.as_secs()
+    );
+    workloads.push(
+        bench
+            .run(
+                &steady_name,
+                "steady",
+                &steady_description,
+                Load::Steady {
+                    rate: plan.steady_rate,
+                    duration: plan.steady_for,
+                },
+            )
+            .await?,
+    );
+    let (scale, w) = bench.scale(plan.existing, plan.new_on_top).await?;
+    workloads.push(w);
+    eprintln!("==> removing the bench's WorkflowExecutions and Jobs");
+    workload::clean(&client).await?;
+
+    let reference = reference.await.context("reference check")?;
+    let goals = report::goals(&workloads, &scale);
+    let results = Results {
+        schema: 1,
+        load_average_before: load_before,
+        calibration_ms: calibration,
+        generated_at: k8s_openapi::jiff::Timestamp::now()
+            .round(k8s_openapi::jiff::Unit::Second)
+            .map(|t| t.to_string())
+            .unwrap_or_default(),
+        git: git_describe(&args.repo),
+        machine: report::Machine::read(),
+        cluster: format!("Kubernetes v1.37.2 local control plane: {}", args.cluster),
+        operator: operator_desc,
+        method: vec![
+            format!("each workload: a clean namespace `{}`, a fresh operator process watching only it, driver-side watches on Jobs and WorkflowExecutions", setup::BENCH_NS),
+            "dispatch latency: the instant just before the create call is sent → the Job first seen by the driver's watch".into(),
+            format!("the driver plays the Job controller: {} s after a Job appears it patches its status to Complete (startTime, completionTime, succeeded: 1, SuccessCriteriaMet=True, Complete=True)", HOLD.as_secs()),
+            "completion propagation: the instant just before that status patch is sent → the WorkflowExecution first seen Succeeded by the driver's watch".into(),
+            "a workload ends when every WorkflowExecution shows lockReleasedTime (Job deleted after the 1 s cooldown), plus 1 s for the last Events".into(),
+            "operator CPU: utime + stime from /proc/<pid>/stat (clock ticks / 100) over the workload; memory: VmRSS and VmHWM from /proc/<pid>/status".into(),
+            "API calls: the operator's workflowexecution_kube_api_requests_total counter (a tower layer on its kube client) scraped before and after, divided by the executions".into(),
+            "audit: POSTed to an HTTP receiver inside the driver that acknowledges every batch".into(),
+        ],
+        quick: args.quick,
+        operator_peak_rss_mib: mib(bench.peak_kib),
+        workloads,
+        scale,
+        goals,
+        reference,
+        total_s: r1(started.elapsed().as_secs_f64()),
+    };
+    std::fs::write(&args.out, serde_json::to_string_pretty(&results)? + "\n")?;
+    eprintln!("wrote {}", args.out.display());
+    if let Some(docs) = &args.docs {
+        report::update_docs(docs, &report::markdown(&results))?;
+        eprintln!("updated {}", docs.display());
+    }
+    println!("\nGoals:");
+    for g in &results.goals {
+        println!(
+            "  [{}] {}: {}",
+            if g.met { "met" } else { "NOT met" },
+            g.goal,
+            g.measured
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,133 @@
+//! Cluster preparation: the admin client, the manifests of `deploy/`, the bench namespace, and a
+//! kubeconfig that authenticates as the operator's ServiceAccount (as the e2e run does).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, anyhow};
+use k8s_openapi::{
+    api::{
+        authentication::v1::{TokenRequest, TokenRequestSpec},
+        core::v1::{Namespace, ServiceAccount},
+    },
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{Patch, PatchParams, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+    core::{DynamicObject, GroupVersionKind},
+    discovery::{Discovery, Scope},
+};
+use serde::Deserialize as _;
+use serde_json::{Value, json};
+
+/// Where the operator runs from.
+pub const SYSTEM_NS: &str = "kubernaut-system";
+/// Where Jobs are created.
+pub const EXEC_NS: &str = "kubernaut-workflows";
+/// Where the benchmark's WorkflowExecutions live (the operator watches only this namespace).
+pub const BENCH_NS: &str = "wfe-bench";
+const MANAGER: &str = "wfe-bench";
+
+/// A client for the admin kubeconfig.
+pub async fn admin_client(kubeconfig: &Path) -> Result<Client> {
+    let kc = Kubeconfig::read_from(kubeconfig)
+        .with_context(|| format!("reading {}", kubeconfig.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+    Ok(Client::try_from(config)?)
+}
+
+/// Server-side applies every document of a YAML file (as `kubectl apply --server-side`).
+pub async fn apply_file(client: &Client, discovery: &Discovery, path: &Path) -> Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let value = serde_yaml::Value::deserialize(doc)?;
+        if value.is_null() {
+            continue;
+        }
+        let obj: DynamicObject = serde_yaml::from_value(value)?;
+        let types = obj
+            .types
+            .as_ref()
+            .ok_or_else(|| anyhow!("{}: a document without apiVersion/kind", path.display()))?;
+        let gvk = GroupVersionKind::try_from(types)?;
+        let (ar, caps) = discovery
+            .resolve_gvk(&gvk)
+            .ok_or_else(|| anyhow!("{} is not served", gvk.kind))?;
+        let api: Api<DynamicObject> = match (caps.scope, obj.metadata.namespace.as_deref()) {
+            (Scope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), ns, &ar),
+            (Scope::Namespaced, None) => Api::default_namespaced_with(client.clone(), &ar),
+            _ => Api::all_with(client.clone(), &ar),
+        };
+        api.patch(
+            &obj.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&obj),
+        )
+        .await
+        .with_context(|| format!("apply {} {}", gvk.kind, obj.name_any()))?;
+    }
+    Ok(())
+}
+
+/// Applies the operator's namespaces, RBAC and the workflow runner's service account, creates the
+/// bench namespace, and checks that the CRD is served.
+pub async fn prepare(client: &Client, repo: &Path) -> Result<()> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.get("workflowexecutions.kubernaut.ai").await.context(
+        "the WorkflowExecution CRD is not installed (cargo xtask cluster up installs it)",
+    )?;
+    let discovery = Discovery::new(client.clone()).run().await?;
+    for f in ["namespaces.yaml", "rbac.yaml", "workflow-runner.yaml"] {
+        apply_file(client, &discovery, &repo.join("deploy").join(f)).await?;
+    }
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": BENCH_NS, "labels": {"app.kubernetes.io/part-of": "wfe-bench"}}
+    }))?;
+    namespaces
+        .patch(
+            BENCH_NS,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&ns),
+        )
+        .await
+        .context("creating the bench namespace")?;
+    Ok(())
+}
+
+/// Writes a kubeconfig holding only a TokenRequest token of the `we-operator` ServiceAccount, so
+/// that the operator runs with exactly the RBAC of `deploy/`.
+pub async fn operator_kubeconfig(
+    client: &Client,
+    admin_kubeconfig: &Path,
+    dir: &Path,
+) -> Result<PathBuf> {
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), SYSTEM_NS);
+    let tr = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            expiration_seconds: Some(4 * 3600),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let token: TokenRequest = sas
+        .create_subresource("token", "we-operator", &PostParams::default(), &tr)
+        .await
+        .context("TokenRequest for the we-operator ServiceAccount")?;
+    let token = token.status.context("no token issued")?.token;
+    let admin: Value = serde_yaml::from_str(&std::fs::read_to_string(admin_kubeconfig)?)?;
+    let cluster = &admin["clusters"][0]["cluster"];
+    let kubeconfig = json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "local", "cluster": {"server": cluster["server"], "certificate-authority-data": cluster["certificate-authority-data"]}}],
+        "users": [{"name": "we-operator", "user": {"token": token}}],
+        "contexts": [{"name": "we-operator", "context": {"cluster": "local", "user": "we-operator"}}],
+        "current-context": "we-operator",
+    });
+    let path = dir.join("we-operator.kubeconfig");
+    std::fs::write(&path, serde_yaml::to_string(&kubeconfig)?)?;
+    Ok(path)
+}
