@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::{
+    admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration},
     apps::v1::Deployment,
     core::v1::{Namespace, Pod, Service, ServiceAccount},
     rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding},
@@ -74,6 +75,22 @@ fn every_manifest_parses_into_its_type() {
             "Deployment" => drop(typed::<Deployment>(&doc)),
             "Service" => drop(typed::<Service>(&doc)),
             "CustomResourceDefinition" => drop(typed::<CustomResourceDefinition>(&doc)),
+            "MutatingWebhookConfiguration" => {
+                let m: MutatingWebhookConfiguration = typed(&doc);
+                let hook = &m.webhooks.unwrap()[0];
+                assert_eq!(
+                    hook.client_config.service.as_ref().unwrap().path.as_deref(),
+                    Some("/mutate-workflowexecution")
+                );
+            }
+            "ValidatingWebhookConfiguration" => {
+                let v: ValidatingWebhookConfiguration = typed(&doc);
+                let hook = &v.webhooks.unwrap()[0];
+                assert_eq!(
+                    hook.client_config.service.as_ref().unwrap().path.as_deref(),
+                    Some("/validate-workflowexecution-status")
+                );
+            }
             "WorkflowExecution" => {
                 let w: WorkflowExecution = typed(&doc);
                 w.spec
