@@ -147,6 +147,47 @@ fn e2e_inner(root: &Path) -> Result<()> {
     Ok(())
 }
 
+fn chaos_inner(root: &Path, executions: usize, kills: usize) -> Result<()> {
+    println!(
+        "\n==> resilience: {executions} executions, {kills} leader kills (SIGKILL), an audit outage"
+    );
+    let child = Command::new("cargo")
+        .args([
+            "test",
+            "--locked",
+            "-p",
+            "we-operator",
+            "--test",
+            "chaos",
+            "--",
+            "--ignored",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env("CHAOS_EXECUTIONS", executions.to_string())
+        .env("CHAOS_KILLS", kills.to_string())
+        .current_dir(root)
+        .spawn()
+        .context("cannot run cargo test")?;
+    let status = wait_bounded(child, Duration::from_secs(20 * 60), "the resilience run")?;
+    if !status.success() {
+        bail!("the resilience run failed ({status}); operator logs: target/chaos/");
+    }
+    println!("resilience run passed; report: target/chaos.json");
+    Ok(())
+}
+
+/// `cargo xtask chaos`: the full resilience run.
+pub fn chaos(root: &Path, executions: usize, kills: usize, keep_cluster: bool) -> Result<()> {
+    let started = ensure_cluster(root)?;
+    let result = chaos_inner(root, executions, kills);
+    if !keep_cluster {
+        stop_cluster_if(root, started);
+    }
+    result
+}
+
 /// `cargo xtask e2e`.
 pub fn e2e(root: &Path, keep_cluster: bool) -> Result<()> {
     let started = ensure_cluster(root)?;

@@ -38,6 +38,18 @@ enum Cmd {
     },
     /// Start the local cluster, the operator and the samples, and show them finish.
     Demo,
+    /// The resilience run: leader kills (SIGKILL), an audit outage, nothing lost or run twice.
+    Chaos {
+        /// WorkflowExecutions in the batch.
+        #[arg(long, default_value_t = 200)]
+        executions: usize,
+        /// How many times the leader is killed.
+        #[arg(long, default_value_t = 5)]
+        kills: usize,
+        /// Leave the local cluster running afterwards.
+        #[arg(long)]
+        keep_cluster: bool,
+    },
     /// Measure the release operator on the local control plane (docs/benchmarks.md; not run by `test`).
     Bench(bench::Args),
     /// The local Kubernetes control plane for tests (see docs/controlplane.md).
@@ -62,6 +74,11 @@ fn main() -> Result<()> {
         Cmd::Test { keep_cluster } => flows::test(&repo_root(), keep_cluster),
         Cmd::E2e { keep_cluster } => flows::e2e(&repo_root(), keep_cluster),
         Cmd::Demo => flows::demo(&repo_root()),
+        Cmd::Chaos {
+            executions,
+            kills,
+            keep_cluster,
+        } => flows::chaos(&repo_root(), executions, kills, keep_cluster),
         Cmd::Bench(args) => bench::run(&repo_root(), args),
     }
 }

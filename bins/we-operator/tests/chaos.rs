@@ -1,0 +1,295 @@
+//! Resilience under real faults (run by `cargo xtask chaos`; ignored in plain `cargo test`): two
+//! operator replicas with leader election process a batch of WorkflowExecutions while the leader is
+//! killed with SIGKILL again and again and the audit service goes down for a while. Afterwards every
+//! request is terminal with the right outcome, no WorkflowExecution ever got a second Job, and the
+//! audit receiver holds every expected event id.
+//!
+//! `CHAOS_EXECUTIONS` (default 40) and `CHAOS_KILLS` (default 5) size the run.
+
+mod common;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{Arc, Mutex, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use common::*;
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    discovery::Discovery,
+    runtime::{WatchStreamExt, watcher},
+};
+use serde_json::json;
+use wfe_api::{FailureReason, Phase, WorkflowExecution};
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn request(i: usize) -> WorkflowExecution {
+    let fails = i % 3 == 2;
+    let mut params = json!({"KWOK_RUN_FOR": format!("{}ms", 300 + (i % 7) * 250)});
+    if fails {
+        params["KWOK_RESULT"] = json!("fail");
+        params["KWOK_EXIT_CODE"] = json!("2");
+        params["KWOK_MESSAGE"] = json!(format!("chaos failure {i}"));
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "kubernaut.ai/v1alpha1", "kind": "WorkflowExecution",
+        "metadata": {"name": format!("chaos-{i:04}"), "namespace": SYSTEM_NS},
+        "spec": {"executionEngine": "job",
+                 "workflowRef": {"workflowId": "chaos", "version": "1",
+                                 "containerImage": format!("registry.example.com/chaos@sha256:{}", "c".repeat(64))},
+                 "targetResource": format!("chaos/Deployment/app-{i:04}"),
+                 "parameters": params,
+                 "remediationRequestRef": {"name": format!("rr-chaos-{i}")}}
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "resilience: run by `cargo xtask chaos`"]
+async fn leader_kills_and_audit_outage_lose_nothing_and_run_nothing_twice() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let executions = env_usize("CHAOS_EXECUTIONS", 40);
+    let kills = env_usize("CHAOS_KILLS", 5);
+    let started = Instant::now();
+    let client = wfe_testing::client().await;
+    let discovery = Discovery::new(client.clone()).run().await.unwrap();
+    let deploy = wfe_testing::repo_root().join("deploy");
+    for f in ["namespaces.yaml", "rbac.yaml", "workflow-runner.yaml"] {
+        apply_file(&client, &discovery, &deploy.join(f)).await;
+    }
+    let wfes: Api<WorkflowExecution> = Api::namespaced(client.clone(), SYSTEM_NS);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), EXEC_NS);
+    for w in wfes.list(&ListParams::default()).await.unwrap() {
+        wfes.delete(&w.name_any(), &DeleteParams::default())
+            .await
+            .ok();
+        wfes.patch(
+            &w.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .ok();
+    }
+    jobs.delete_collection(&DeleteParams::background(), &ListParams::default())
+        .await
+        .ok();
+
+    // Every Job ever created, by owner.
+    let created: Arc<Mutex<BTreeMap<String, BTreeSet<String>>>> = Arc::default();
+    let seen = created.clone();
+    let job_watch = tokio::spawn(
+        watcher(jobs.clone(), watcher::Config::default())
+            .default_backoff()
+            .applied_objects()
+            .for_each(move |j| {
+                if let Ok(job) = j
+                    && let Some(owner) = job.annotations().get("kubernaut.ai/workflow-execution")
+                {
+                    seen.lock()
+                        .unwrap()
+                        .entry(owner.clone())
+                        .or_default()
+                        .insert(job.uid().unwrap_or_default());
+                }
+                futures::future::ready(())
+            }),
+    );
+
+    let dir = std::env::temp_dir().join(format!("we-operator-chaos-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = operator_kubeconfig(&client, &dir).await;
+    let (audit, audit_url) = Audit::start().await;
+    let logs = wfe_testing::repo_root().join("target/chaos");
+    std::fs::create_dir_all(&logs).unwrap();
+    let extra = [
+        "--cooldown",
+        "1s",
+        "--lease-duration-seconds",
+        "6",
+        "--lease-name",
+        "we-operator-chaos",
+    ];
+    let mut generation = 0;
+    let spawn = |generation: &mut usize| {
+        *generation += 1;
+        let id = format!("chaos-replica-{generation}");
+        Operator::spawn(
+            &kubeconfig,
+            &audit_url,
+            &logs.join(format!("{id}.log")),
+            &id,
+            &extra,
+        )
+    };
+    let mut replicas = vec![spawn(&mut generation), spawn(&mut generation)];
+
+    for i in 0..executions {
+        wfes.create(&PostParams::default(), &request(i))
+            .await
+            .unwrap();
+    }
+
+    // Kill the leader again and again; measure how long the other takes to lead.
+    let mut failovers = Vec::new();
+    for k in 0..kills {
+        let leader = wfe_testing::wait_for("a leader", Duration::from_secs(60), || async {
+            for (i, r) in replicas.iter().enumerate() {
+                if r.is_leader().await {
+                    return Some(i);
+                }
+            }
+            None
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(300 + (k as u64 * 577) % 1500)).await;
+        if k == kills / 2 {
+            audit.down.store(true, Ordering::SeqCst);
+        }
+        let victim = replicas.remove(leader);
+        let pid = victim.pid().to_string();
+        tokio::process::Command::new("kill")
+            .args(["-KILL", &pid])
+            .status()
+            .await
+            .unwrap();
+        let killed = Instant::now();
+        let _ = victim; // reaped on drop
+        replicas.push(spawn(&mut generation));
+        wfe_testing::wait_for("the next leader", Duration::from_secs(60), || async {
+            for r in &replicas {
+                if r.is_leader().await {
+                    return Some(());
+                }
+            }
+            None
+        })
+        .await;
+        failovers.push(killed.elapsed());
+        if k == kills / 2 {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            audit.down.store(false, Ordering::SeqCst);
+        }
+    }
+
+    // Everything ends, with the right outcome.
+    let all = wfe_testing::wait_for(
+        "every request to be terminal",
+        Duration::from_secs(600),
+        || async {
+            let list = wfes.list(&ListParams::default()).await.ok()?.items;
+            (list.len() == executions && list.iter().all(|w| w.phase().is_terminal()))
+                .then_some(list)
+        },
+    )
+    .await;
+    for w in &all {
+        let i: usize = w.name_any()[6..].parse().unwrap();
+        let s = w.status.as_ref().unwrap();
+        if i % 3 == 2 {
+            assert_eq!(w.phase(), Phase::Failed, "{}", w.name_any());
+            let d = s.failure_details.as_ref().unwrap();
+            assert_eq!(
+                (d.reason, d.exit_code),
+                (FailureReason::TaskFailed, Some(2)),
+                "{}: {}",
+                w.name_any(),
+                d.message
+            );
+        } else {
+            assert_eq!(
+                w.phase(),
+                Phase::Succeeded,
+                "{}: {:?}",
+                w.name_any(),
+                s.failure_details
+            );
+        }
+    }
+    // No WorkflowExecution got a second Job.
+    let created = created.lock().unwrap().clone();
+    let duplicates: Vec<_> = created.iter().filter(|(_, uids)| uids.len() > 1).collect();
+    assert!(duplicates.is_empty(), "Jobs created twice: {duplicates:?}");
+    assert_eq!(created.len(), executions, "every request ran exactly once");
+    // Every expected audit event arrived (duplicates allowed, none missing).
+    let expected: BTreeSet<(String, String)> = all
+        .iter()
+        .flat_map(|w| {
+            let last = if w.phase() == Phase::Succeeded {
+                "workflowexecution.workflow.completed"
+            } else {
+                "workflowexecution.workflow.failed"
+            };
+            [
+                "workflowexecution.selection.completed",
+                "workflowexecution.execution.started",
+                last,
+            ]
+            .into_iter()
+            .map(move |t| (w.name_any(), t.to_string()))
+        })
+        .collect();
+    let missing = wfe_testing::wait_for("every audit event", Duration::from_secs(180), || async {
+        let got: BTreeSet<(String, String)> = audit
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["resource_id"].as_str().unwrap_or_default().to_string(),
+                    e["event_type"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        let missing: Vec<_> = expected.difference(&got).cloned().collect();
+        missing.is_empty().then_some(missing)
+    })
+    .await;
+    assert!(missing.is_empty());
+    let delivered = audit.events.lock().unwrap().len();
+    let unique: BTreeSet<String> = audit
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["event_id"].as_str().map(String::from))
+        .collect();
+
+    let max_failover = failovers.iter().max().copied().unwrap_or_default();
+    let report = json!({
+        "executions": executions,
+        "leader_kills": kills,
+        "audit_outage_seconds": 5,
+        "failover_seconds": failovers.iter().map(|d| d.as_secs_f64()).collect::<Vec<_>>(),
+        "max_failover_seconds": max_failover.as_secs_f64(),
+        "jobs_created": created.len(),
+        "duplicate_jobs": 0,
+        "audit_events_received": delivered,
+        "audit_event_ids_unique": unique.len(),
+        "audit_events_missing": 0,
+        "elapsed_seconds": started.elapsed().as_secs_f64(),
+    });
+    println!("chaos report: {report:#}");
+    std::fs::write(
+        wfe_testing::repo_root().join("target/chaos.json"),
+        serde_json::to_string_pretty(&report).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        max_failover < Duration::from_secs(6 + 10),
+        "failover took {max_failover:?} (lease 6 s)"
+    );
+    job_watch.abort();
+    drop(replicas);
+}
