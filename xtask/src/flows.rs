@@ -87,7 +87,8 @@ pub fn test(root: &Path, keep_cluster: bool) -> Result<()> {
             "cargo",
             &["test", "--workspace", "--locked", "--no-fail-fast"],
         )?;
-        e2e_inner(root)
+        e2e_inner(root)?;
+        chaos_inner(root, 40, 5, 5)
     })();
     if !keep_cluster {
         stop_cluster_if(root, started);
@@ -147,9 +148,9 @@ fn e2e_inner(root: &Path) -> Result<()> {
     Ok(())
 }
 
-fn chaos_inner(root: &Path, executions: usize, kills: usize) -> Result<()> {
+fn chaos_inner(root: &Path, executions: usize, kills: usize, outage_seconds: u64) -> Result<()> {
     println!(
-        "\n==> resilience: {executions} executions, {kills} leader kills (SIGKILL), an audit outage"
+        "\n==> resilience: {executions} executions, {kills} leader kills (SIGKILL), a {outage_seconds}s audit outage, a kube-apiserver restart"
     );
     let child = Command::new("cargo")
         .args([
@@ -167,6 +168,7 @@ fn chaos_inner(root: &Path, executions: usize, kills: usize) -> Result<()> {
         ])
         .env("CHAOS_EXECUTIONS", executions.to_string())
         .env("CHAOS_KILLS", kills.to_string())
+        .env("CHAOS_AUDIT_OUTAGE_SECONDS", outage_seconds.to_string())
         .current_dir(root)
         .spawn()
         .context("cannot run cargo test")?;
@@ -181,7 +183,7 @@ fn chaos_inner(root: &Path, executions: usize, kills: usize) -> Result<()> {
 /// `cargo xtask chaos`: the full resilience run.
 pub fn chaos(root: &Path, executions: usize, kills: usize, keep_cluster: bool) -> Result<()> {
     let started = ensure_cluster(root)?;
-    let result = chaos_inner(root, executions, kills);
+    let result = chaos_inner(root, executions, kills, 60);
     if !keep_cluster {
         stop_cluster_if(root, started);
     }

@@ -5,7 +5,8 @@
 //! request is terminal with the right outcome, no WorkflowExecution ever got a second Job, and the
 //! audit receiver holds every expected event id.
 //!
-//! `CHAOS_EXECUTIONS` (default 40) and `CHAOS_KILLS` (default 5) size the run.
+//! `CHAOS_EXECUTIONS` (default 40), `CHAOS_KILLS` (default 5) and `CHAOS_AUDIT_OUTAGE_SECONDS`
+//! (default 5) size the run.
 
 mod common;
 
@@ -61,6 +62,7 @@ async fn leader_kills_and_audit_outage_lose_nothing_and_run_nothing_twice() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let executions = env_usize("CHAOS_EXECUTIONS", 40);
     let kills = env_usize("CHAOS_KILLS", 5);
+    let outage = env_usize("CHAOS_AUDIT_OUTAGE_SECONDS", 5) as u64;
     let started = Instant::now();
     let client = wfe_testing::client().await;
     let discovery = Discovery::new(client.clone()).run().await.unwrap();
@@ -178,7 +180,7 @@ async fn leader_kills_and_audit_outage_lose_nothing_and_run_nothing_twice() {
         .await;
         failovers.push(killed.elapsed());
         if k == kills / 2 {
-            tokio::time::sleep(Duration::from_secs(5)).await;
+            tokio::time::sleep(Duration::from_secs(outage)).await;
             audit.down.store(false, Ordering::SeqCst);
         }
     }
@@ -301,7 +303,7 @@ async fn leader_kills_and_audit_outage_lose_nothing_and_run_nothing_twice() {
         "apiserver_restarts": 1,
         "all_terminal_after_apiserver_restart_seconds": recovery.as_secs_f64(),
         "leader_kills": kills,
-        "audit_outage_seconds": 5,
+        "audit_outage_seconds": outage,
         "failover_seconds": failovers.iter().map(|d| d.as_secs_f64()).collect::<Vec<_>>(),
         "max_failover_seconds": max_failover.as_secs_f64(),
         "jobs_created": created.len(),
