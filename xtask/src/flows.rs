@@ -88,7 +88,8 @@ pub fn test(root: &Path, keep_cluster: bool) -> Result<()> {
             &["test", "--workspace", "--locked", "--no-fail-fast"],
         )?;
         e2e_inner(root)?;
-        chaos_inner(root, 40, 5, 5)
+        chaos_inner(root, 40, 5, 5)?;
+        fuzz(root, 15)
     })();
     if !keep_cluster {
         stop_cluster_if(root, started);
@@ -177,6 +178,51 @@ fn chaos_inner(root: &Path, executions: usize, kills: usize, outage_seconds: u64
         bail!("the resilience run failed ({status}); operator logs: target/chaos/");
     }
     println!("resilience run passed; report: target/chaos.json");
+    Ok(())
+}
+
+/// The fuzz targets of `fuzz/` (cargo-fuzz, nightly), each for `seconds`.
+pub fn fuzz(root: &Path, seconds: u64) -> Result<()> {
+    let has = |args: &[&str]| {
+        Command::new("cargo")
+            .args(args)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !has(&["+nightly", "--version"]) {
+        run(
+            root,
+            "install the nightly toolchain (for cargo-fuzz)",
+            "rustup",
+            &["toolchain", "install", "nightly", "--profile", "minimal"],
+        )?;
+    }
+    if !has(&["fuzz", "--version"]) {
+        run(
+            root,
+            "install cargo-fuzz",
+            "cargo",
+            &["install", "--locked", "cargo-fuzz@0.13.2"],
+        )?;
+    }
+    let fuzz_dir = root.join("fuzz");
+    for target in ["wfe_deserialize_validate", "execution_builders"] {
+        let limit = format!("-max_total_time={seconds}");
+        run(
+            &fuzz_dir,
+            &format!("fuzz {target} for {seconds}s"),
+            "cargo",
+            &[
+                "+nightly",
+                "fuzz",
+                "run",
+                target,
+                "--",
+                &limit,
+                "-rss_limit_mb=2048",
+            ],
+        )?;
+    }
     Ok(())
 }
 

@@ -38,6 +38,12 @@ enum Cmd {
     },
     /// Start the local cluster, the operator and the samples, and show them finish.
     Demo,
+    /// Run the fuzz targets (cargo-fuzz on nightly; installed when missing).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+    },
     /// The resilience run: leader kills (SIGKILL), an audit outage, nothing lost or run twice.
     Chaos {
         /// WorkflowExecutions in the batch.
@@ -74,6 +80,7 @@ fn main() -> Result<()> {
         Cmd::Test { keep_cluster } => flows::test(&repo_root(), keep_cluster),
         Cmd::E2e { keep_cluster } => flows::e2e(&repo_root(), keep_cluster),
         Cmd::Demo => flows::demo(&repo_root()),
+        Cmd::Fuzz { seconds } => flows::fuzz(&repo_root(), seconds),
         Cmd::Chaos {
             executions,
             kills,
