@@ -99,13 +99,17 @@ pub fn test(root: &Path, keep_cluster: bool) -> Result<()> {
     Ok(())
 }
 
+/// True when `program args` runs and succeeds (a tool is installed and usable).
+fn works(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 /// Licenses, banned crates and sources (`deny.toml`), installing cargo-deny when missing.
 fn supply_chain(root: &Path) -> Result<()> {
-    let installed = Command::new("cargo")
-        .args(["deny", "--version"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !installed {
+    if !works("cargo", &["deny", "--version"]) {
         run(
             root,
             "install cargo-deny",
@@ -121,8 +125,15 @@ fn supply_chain(root: &Path) -> Result<()> {
     )
 }
 
-fn e2e_inner(root: &Path) -> Result<()> {
-    println!("\n==> end to end: the we-operator binary on the local cluster");
+/// Runs one ignored test binary of `we-operator` (the e2e and resilience runs) with `envs`,
+/// bounded by `limit`.
+fn run_ignored_test(
+    root: &Path,
+    test: &str,
+    envs: &[(&str, String)],
+    limit: Duration,
+    what: &str,
+) -> Result<ExitStatus> {
     let child = Command::new("cargo")
         .args([
             "test",
@@ -130,17 +141,29 @@ fn e2e_inner(root: &Path) -> Result<()> {
             "-p",
             "we-operator",
             "--test",
-            "e2e",
+            test,
             "--",
             "--ignored",
             "--nocapture",
             "--test-threads",
             "1",
         ])
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
         .current_dir(root)
         .spawn()
         .context("cannot run cargo test")?;
-    let status = wait_bounded(child, Duration::from_secs(15 * 60), "the end-to-end run")?;
+    wait_bounded(child, limit, what)
+}
+
+fn e2e_inner(root: &Path) -> Result<()> {
+    println!("\n==> end to end: the we-operator binary on the local cluster");
+    let status = run_ignored_test(
+        root,
+        "e2e",
+        &[],
+        Duration::from_secs(15 * 60),
+        "the end-to-end run",
+    )?;
     if !status.success() {
         bail!("the end-to-end run failed ({status}); operator log: target/we-operator-e2e.log");
     }
@@ -153,27 +176,18 @@ fn chaos_inner(root: &Path, executions: usize, kills: usize, outage_seconds: u64
     println!(
         "\n==> resilience: {executions} executions, {kills} leader kills (SIGKILL), a {outage_seconds}s audit outage, a kube-apiserver restart"
     );
-    let child = Command::new("cargo")
-        .args([
-            "test",
-            "--locked",
-            "-p",
-            "we-operator",
-            "--test",
-            "chaos",
-            "--",
-            "--ignored",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .env("CHAOS_EXECUTIONS", executions.to_string())
-        .env("CHAOS_KILLS", kills.to_string())
-        .env("CHAOS_AUDIT_OUTAGE_SECONDS", outage_seconds.to_string())
-        .current_dir(root)
-        .spawn()
-        .context("cannot run cargo test")?;
-    let status = wait_bounded(child, Duration::from_secs(20 * 60), "the resilience run")?;
+    let envs = [
+        ("CHAOS_EXECUTIONS", executions.to_string()),
+        ("CHAOS_KILLS", kills.to_string()),
+        ("CHAOS_AUDIT_OUTAGE_SECONDS", outage_seconds.to_string()),
+    ];
+    let status = run_ignored_test(
+        root,
+        "chaos",
+        &envs,
+        Duration::from_secs(20 * 60),
+        "the resilience run",
+    )?;
     if !status.success() {
         bail!("the resilience run failed ({status}); operator logs: target/chaos/");
     }
@@ -183,13 +197,7 @@ fn chaos_inner(root: &Path, executions: usize, kills: usize, outage_seconds: u64
 
 /// The fuzz targets of `fuzz/` (cargo-fuzz, nightly), each for `seconds`.
 pub fn fuzz(root: &Path, seconds: u64) -> Result<()> {
-    let has = |args: &[&str]| {
-        Command::new("cargo")
-            .args(args)
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if !has(&["+nightly", "--version"]) {
+    if !works("rustc", &["+nightly", "--version"]) || !works("cargo", &["+nightly", "--version"]) {
         run(
             root,
             "install the nightly toolchain (for cargo-fuzz)",
@@ -197,7 +205,7 @@ pub fn fuzz(root: &Path, seconds: u64) -> Result<()> {
             &["toolchain", "install", "nightly", "--profile", "minimal"],
         )?;
     }
-    if !has(&["fuzz", "--version"]) {
+    if !works("cargo", &["fuzz", "--version"]) {
         run(
             root,
             "install cargo-fuzz",
