@@ -65,12 +65,30 @@ struct Args {
     /// Reduced sizes for trying the bench out (not for publishing).
     #[arg(long)]
     quick: bool,
+    /// The operator's --log-level (e.g. `debug` to trace a run; it slows the operator down).
+    #[arg(long, default_value = "warn")]
+    operator_log_level: String,
+    /// Internal: list the bench's WorkflowExecutions, keep them, print the memory growth (JSON) and
+    /// exit (`full` or `stripped` of managedFields). Run in a fresh process by the scale phase.
+    #[arg(long, hide = true)]
+    memory_probe: Option<String>,
+    /// Run only these phases (for investigating one; --docs is then ignored).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Phase>,
     /// A note on how the cluster was prepared, for the report.
     #[arg(
         long,
         default_value = "etcd + kube-apiserver only (no controller-manager, scheduler or kwok)"
     )]
     cluster: String,
+}
+
+/// The phases of the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Phase {
+    Bursts,
+    Steady,
+    Scale,
 }
 
 /// Sizes of the run.
@@ -207,12 +225,93 @@ fn per(counts: &Counts, n: f64) -> BTreeMap<String, f64> {
 
 /// Context shared by the workloads.
 struct Bench {
+    /// This run's command-line arguments (for the memory probe processes).
+    args: Vec<std::ffi::OsString>,
     client: Client,
     launch: Launch,
     audit: Audit,
     peak_kib: u64,
     cluster: Vec<(String, u32)>,
     cpus: usize,
+}
+
+/// Writes one line per execution: its instants in ms after the first create was sent.
+fn write_samples(path: &std::path::Path, o: &Observed) -> Result<()> {
+    let Some(t0) = o.create_sent.values().min().copied() else {
+        return Ok(());
+    };
+    let at = |m: &std::collections::HashMap<String, Instant>, n: &str| {
+        m.get(n)
+            .map(|t| format!("{:.1}", ms(t.saturating_duration_since(t0))))
+            .unwrap_or_default()
+    };
+    let mut names: Vec<&String> = o.create_sent.keys().collect();
+    names.sort();
+    // The wall clock of t0, to line the samples up with timestamps of logs.
+    let t0_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| ms(d) - ms(t0.elapsed()))
+        .unwrap_or_default();
+    let mut out = format!(
+        "# t0_unix_ms={t0_unix_ms:.1}\nname,create_sent_ms,create_done_ms,job_seen_ms,complete_sent_ms,succeeded_seen_ms,released_seen_ms\n"
+    );
+    for n in names {
+        out.push_str(&format!(
+            "{n},{},{},{},{},{},{}\n",
+            at(&o.create_sent, n),
+            at(&o.create_done, n),
+            at(&o.job_seen, n),
+            at(&o.complete_sent, n),
+            at(&o.succeeded, n),
+            at(&o.released, n)
+        ));
+    }
+    std::fs::write(path, out)?;
+    Ok(())
+}
+
+/// Wall-clock milliseconds (Unix) of an instant of this process.
+fn unix_ms(t: Instant) -> f64 {
+    let now = Instant::now();
+    let unix_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(ms)
+        .unwrap_or_default();
+    if t <= now {
+        unix_now - ms(now - t)
+    } else {
+        unix_now + ms(t - now)
+    }
+}
+
+/// Samples slower than 50 ms, and how many of them started within 400 ms after a whole second of
+/// the wall clock (40 % of them would by chance): the operator schedules lock releases at whole
+/// seconds (see docs/benchmarks.md).
+fn slow_samples(o: &Observed) -> report::SlowSamples {
+    let count = |from: &std::collections::HashMap<String, Instant>,
+                 to: &std::collections::HashMap<String, Instant>| {
+        let mut over = 0;
+        let mut in_window = 0;
+        for (n, a) in from {
+            let Some(b) = to.get(n) else { continue };
+            if ms(b.saturating_duration_since(*a)) > 50.0 {
+                over += 1;
+                if unix_ms(*a).rem_euclid(1000.0) < 400.0 {
+                    in_window += 1;
+                }
+            }
+        }
+        (over, in_window)
+    };
+    let (dispatch_over_50ms, dispatch_started_in_window) = count(&o.create_sent, &o.job_seen);
+    let (completion_over_50ms, completion_started_in_window) =
+        count(&o.complete_sent, &o.succeeded);
+    report::SlowSamples {
+        dispatch_over_50ms,
+        dispatch_started_in_window,
+        completion_over_50ms,
+        completion_started_in_window,
+    }
 }
 
 /// Summary of the observation of one workload (the operator part is filled in by the caller).
@@ -238,6 +337,7 @@ fn summarize(
         _ => 0.0,
     };
     Workload {
+        slow_samples: slow_samples(o),
         name: name.into(),
         description: description.into(),
         executions: requested,
@@ -336,6 +436,10 @@ impl Bench {
         let (audit_after, again_after) = self.audit.counts();
         let (rss, hwm) = op.memory_kib()?;
         let observed = tracker.finish();
+        let csv = self.launch.log_dir.join(format!("samples-{prefix}.csv"));
+        if let Err(e) = write_samples(&csv, &observed) {
+            eprintln!("warning: cannot write {}: {e}", csv.display());
+        }
         let mut w = summarize(name, description, n, &observed, !finished);
         let nf = n.max(1) as f64;
         let calls = delta(
@@ -360,6 +464,17 @@ impl Bench {
         w.audit_events_per_execution_by_type = per(&audit, nf);
         w.audit_redeliveries_per_execution_by_type = per(&delta(&again_before, &again_after), nf);
         w.usage = probe::usage(&snap_before, &snap_after, self.cpus);
+        let stack: f64 = w
+            .usage
+            .cpu_s
+            .iter()
+            .filter(|(k, _)| k.as_str() != "other processes")
+            .map(|(_, v)| v)
+            .sum();
+        w.stack_cpu_ms_per_execution = r1(stack * 1000.0 / nf);
+        if stack > 0.0 {
+            w.cpu_bound_executions_per_s = r1(self.cpus as f64 * nf / stack);
+        }
         w.operator_ready_s = r3(op.ready_after.as_secs_f64());
         w.operator_rss_end_mib = mib(rss);
         Ok((w, hwm))
@@ -405,6 +520,18 @@ impl Bench {
             .await?;
         let (rss_after, _) = op.memory_kib()?;
         let hwm = hwm.max(op.stop().await?);
+        eprintln!(
+            "    modelling the cache of {existing} objects in fresh processes (with and without managedFields)"
+        );
+        let model = probe::memory_model(&self.args).await?;
+        eprintln!(
+            "    {} objects: {} JSON bytes each ({} without managedFields); {} KiB resident each as received, {} KiB without managedFields",
+            model.objects,
+            model.json_bytes,
+            model.json_bytes_without_managed_fields,
+            model.rss_kib_per_object,
+            model.rss_kib_per_object_without_managed_fields
+        );
         self.peak_kib = self.peak_kib.max(hwm);
         w.operator_peak_rss_mib = mib(hwm);
         let scale = Scale {
@@ -417,6 +544,7 @@ impl Bench {
             rss_idle_mib: mib(rss_idle),
             rss_after_mib: mib(rss_after),
             peak_rss_mib: mib(hwm),
+            memory_model: model,
         };
         eprintln!(
             "    dispatch p99 {} ms, completion p99 {} ms; RSS {} MiB after, peak {} MiB",
@@ -525,6 +653,12 @@ async fn main() -> Result<()> {
         .to_path_buf();
     std::fs::create_dir_all(&out_dir)?;
 
+    if let Some(mode) = &args.memory_probe {
+        let client = setup::admin_client(&args.kubeconfig).await?;
+        let out = probe::memory_probe(&client, mode == "stripped").await?;
+        println!("{}", serde_json::to_string(&out)?);
+        return Ok(());
+    }
     let reference = tokio::spawn(reference());
     let client = setup::admin_client(&args.kubeconfig).await?;
     setup::prepare(&client, &args.repo).await?;
@@ -535,6 +669,7 @@ async fn main() -> Result<()> {
         kubeconfig,
         audit_url,
         log_dir: out_dir.clone(),
+        log_level: args.operator_log_level.clone(),
     };
     let operator_desc = format!(
         "`{} {}` (release build, authenticated as the `we-operator` ServiceAccount with the RBAC of deploy/, concurrency 16 by default)",
@@ -554,6 +689,7 @@ async fn main() -> Result<()> {
             .join(" ")
     );
     let mut bench = Bench {
+        args: std::env::args_os().skip(1).collect(),
         client: client.clone(),
         launch,
         audit,
@@ -576,8 +712,9 @@ async fn main() -> Result<()> {
         eprintln!("    {k}: p50 {} ms, p95 {} ms", v.p50, v.p95);
     }
 
+    let runs = |p: Phase| args.only.is_empty() || args.only.contains(&p);
     let mut workloads = Vec::new();
-    for &n in &plan.bursts {
+    for &n in plan.bursts.iter().filter(|_| runs(Phase::Bursts)) {
         let name = format!("burst-{n}");
         let description = format!(
             "{n} WorkflowExecution(s) created at once ({} create calls in flight)",
@@ -595,21 +732,27 @@ async fn main() -> Result<()> {
         plan.steady_rate,
         plan.steady_for.as_secs()
     );
-    workloads.push(
-        bench
-            .run(
-                &steady_name,
-                "steady",
-                &steady_description,
-                Load::Steady {
-                    rate: plan.steady_rate,
-                    duration: plan.steady_for,
-                },
-            )
-            .await?,
-    );
-    let (scale, w) = bench.scale(plan.existing, plan.new_on_top).await?;
-    workloads.push(w);
+    if runs(Phase::Steady) {
+        workloads.push(
+            bench
+                .run(
+                    &steady_name,
+                    "steady",
+                    &steady_description,
+                    Load::Steady {
+                        rate: plan.steady_rate,
+                        duration: plan.steady_for,
+                    },
+                )
+                .await?,
+        );
+    }
+    let mut scale = Scale::default();
+    if runs(Phase::Scale) {
+        let (s, w) = bench.scale(plan.existing, plan.new_on_top).await?;
+        scale = s;
+        workloads.push(w);
+    }
     eprintln!("==> removing the bench's WorkflowExecutions and Jobs");
     workload::clean(&client).await?;
 
@@ -647,7 +790,7 @@ async fn main() -> Result<()> {
     };
     std::fs::write(&args.out, serde_json::to_string_pretty(&results)? + "\n")?;
     eprintln!("wrote {}", args.out.display());
-    if let Some(docs) = &args.docs {
+    if let Some(docs) = args.docs.as_ref().filter(|_| args.only.is_empty()) {
         report::update_docs(docs, &report::markdown(&results))?;
         eprintln!("updated {}", docs.display());
     }

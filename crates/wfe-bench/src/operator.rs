@@ -31,6 +31,8 @@ pub struct Launch {
     pub audit_url: String,
     /// Directory for the operator's logs.
     pub log_dir: PathBuf,
+    /// The operator's --log-level.
+    pub log_level: String,
 }
 
 impl Launch {
@@ -48,7 +50,7 @@ impl Launch {
             "--log-format",
             "json",
             "--log-level",
-            "warn",
+            &self.log_level,
             "--audit-url",
             &self.audit_url,
         ]

@@ -290,3 +290,100 @@ pub async fn calibrate(client: &Client, rounds: usize) -> Result<BTreeMap<String
         .map(|(k, v)| (k, Stats::of(v)))
         .collect())
 }
+
+/// What the operator's cache of WorkflowExecutions costs, modelled with the same types and
+/// allocator: a fresh process (this binary with `--memory-probe`) lists the objects of the bench
+/// namespace and keeps them as the operator's reflector keeps them (`Arc<WorkflowExecution>`),
+/// once as they come and once with `metadata.managedFields` dropped on arrival.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct MemoryModel {
+    /// Objects listed.
+    pub objects: usize,
+    /// Mean size of one object as JSON, bytes.
+    pub json_bytes: f64,
+    /// The same without managedFields.
+    pub json_bytes_without_managed_fields: f64,
+    /// Mean number of managedFields entries.
+    pub managed_fields_entries: f64,
+    /// Resident memory per object kept as received, KiB.
+    pub rss_kib_per_object: f64,
+    /// Resident memory per object kept without managedFields, KiB.
+    pub rss_kib_per_object_without_managed_fields: f64,
+}
+
+/// What one probe process measured.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct ProbeOutput {
+    /// Objects kept.
+    pub objects: usize,
+    /// VmRSS growth while listing and keeping them, KiB.
+    pub rss_growth_kib: f64,
+    /// Mean JSON size of what was kept, bytes.
+    pub json_bytes: f64,
+    /// Mean managedFields entries as received.
+    pub managed_fields_entries: f64,
+}
+
+/// The probe itself (run in a fresh process): lists and keeps every object of the bench namespace.
+pub async fn memory_probe(client: &Client, strip: bool) -> Result<ProbeOutput> {
+    let api: Api<WorkflowExecution> = Api::namespaced(client.clone(), BENCH_NS);
+    let rss = || operator::memory_kib(std::process::id()).map(|(rss, _)| rss as f64);
+    let base = rss()?;
+    let mut kept = Vec::new();
+    let (mut bytes, mut entries) = (0usize, 0usize);
+    let mut lp = kube::api::ListParams::default().limit(500);
+    loop {
+        let page = api.list(&lp).await?;
+        for mut w in page.items {
+            entries += w.metadata.managed_fields.as_ref().map_or(0, Vec::len);
+            if strip {
+                w.metadata.managed_fields = None;
+            }
+            bytes += serde_json::to_vec(&w)?.len();
+            kept.push(std::sync::Arc::new(w));
+        }
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(c) => lp = lp.continue_token(&c),
+            None => break,
+        }
+    }
+    let n = kept.len().max(1) as f64;
+    Ok(ProbeOutput {
+        objects: kept.len(),
+        rss_growth_kib: rss()? - base,
+        json_bytes: bytes as f64 / n,
+        managed_fields_entries: entries as f64 / n,
+    })
+}
+
+/// Runs the probe in two fresh processes (`args` are this run's arguments) and sums it up.
+pub async fn memory_model(args: &[std::ffi::OsString]) -> Result<MemoryModel> {
+    let exe = std::env::current_exe()?;
+    let mut outputs = Vec::new();
+    for mode in ["full", "stripped"] {
+        let out = tokio::process::Command::new(&exe)
+            .args(args)
+            .args(["--memory-probe", mode])
+            .output()
+            .await?;
+        if !out.status.success() {
+            anyhow::bail!(
+                "the memory probe failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let p: ProbeOutput =
+            serde_json::from_slice(&out.stdout).context("the memory probe printed no result")?;
+        outputs.push(p);
+    }
+    let (full, stripped) = (&outputs[0], &outputs[1]);
+    let per = |p: &ProbeOutput| r3(p.rss_growth_kib.max(0.0) / p.objects.max(1) as f64);
+    Ok(MemoryModel {
+        objects: full.objects,
+        json_bytes: r1(full.json_bytes),
+        json_bytes_without_managed_fields: r1(stripped.json_bytes),
+        managed_fields_entries: r3(full.managed_fields_entries),
+        rss_kib_per_object: per(full),
+        rss_kib_per_object_without_managed_fields: per(stripped),
+    })
+}

@@ -60,6 +60,20 @@ impl Stats {
     }
 }
 
+/// Samples slower than 50 ms, and how many of them started in the 400 ms after a whole second of
+/// the wall clock (40 % would by chance).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SlowSamples {
+    /// Dispatches slower than 50 ms.
+    pub dispatch_over_50ms: usize,
+    /// ... of which the create was sent 0-400 ms after a whole second.
+    pub dispatch_started_in_window: usize,
+    /// Completions slower than 50 ms.
+    pub completion_over_50ms: usize,
+    /// ... of which the Job completion was sent 0-400 ms after a whole second.
+    pub completion_started_in_window: usize,
+}
+
 /// One workload.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Workload {
@@ -85,6 +99,8 @@ pub struct Workload {
     pub dispatch_latency_ms: Stats,
     /// Job completion patch sent → WorkflowExecution seen Succeeded by the driver's watch.
     pub completion_propagation_ms: Stats,
+    /// Slow samples and the wall-clock second.
+    pub slow_samples: SlowSamples,
     /// Duration of the create calls themselves (context: the API server's share).
     pub create_call_ms: Stats,
     /// Executions dispatched per second: count / (first create sent → last Job seen).
@@ -97,6 +113,11 @@ pub struct Workload {
     pub operator_cpu_s: f64,
     /// Operator CPU per execution, milliseconds.
     pub operator_cpu_ms_per_execution: f64,
+    /// CPU of the operator, the API server, etcd and the driver together per execution, ms (what
+    /// one execution costs the machine).
+    pub stack_cpu_ms_per_execution: f64,
+    /// The throughput that CPU cost allows at best on this machine (CPUs / cost).
+    pub cpu_bound_executions_per_s: f64,
     /// Operator API requests during the workload, per execution.
     pub api_calls_per_execution: f64,
     /// The same by verb.
@@ -147,6 +168,8 @@ pub struct Scale {
     pub rss_after_mib: f64,
     /// VmHWM of this process, MiB.
     pub peak_rss_mib: f64,
+    /// The cost of one cached object, modelled in fresh processes of the driver binary.
+    pub memory_model: crate::probe::MemoryModel,
 }
 
 /// One goal.
@@ -417,6 +440,58 @@ pub fn markdown(r: &Results) -> String {
         );
     }
 
+    let _ = writeln!(
+        s,
+        "\nSamples slower than 50 ms, and how many of them started (create or Job completion sent) in the 400 ms \
+         after a whole second of the wall clock, where 40 % would fall by chance:\n"
+    );
+    let _ = writeln!(
+        s,
+        "| workload | dispatches > 50 ms | of which in 0–400 ms after a second | completions > 50 ms | of which in 0–400 ms after a second |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|");
+    for w in &r.workloads {
+        let o = &w.slow_samples;
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} |",
+            w.name,
+            o.dispatch_over_50ms,
+            o.dispatch_started_in_window,
+            o.completion_over_50ms,
+            o.completion_started_in_window
+        );
+    }
+    let _ = writeln!(s, "\n### API requests per execution, by verb\n");
+    let mut verbs: Vec<&String> = r
+        .workloads
+        .iter()
+        .flat_map(|w| w.api_calls_per_execution_by_verb.keys())
+        .collect();
+    verbs.sort();
+    verbs.dedup();
+    let _ = write!(s, "| workload |");
+    for v in &verbs {
+        let _ = write!(s, " {v} |");
+    }
+    let _ = writeln!(s, " total |");
+    let _ = write!(s, "|---|");
+    for _ in &verbs {
+        let _ = write!(s, "---|");
+    }
+    let _ = writeln!(s, "---|");
+    for w in &r.workloads {
+        let _ = write!(s, "| {} |", w.name);
+        for v in &verbs {
+            let n = w
+                .api_calls_per_execution_by_verb
+                .get(*v)
+                .copied()
+                .unwrap_or_default();
+            let _ = write!(s, " {n} |");
+        }
+        let _ = writeln!(s, " {} |", w.api_calls_per_execution);
+    }
     let _ = writeln!(s, "\n### API requests per execution, by request\n");
     let mut keys: Vec<&String> = r
         .workloads
@@ -488,8 +563,9 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(s, "\n### Where the time goes\n");
     let _ = writeln!(
         s,
-        "CPU seconds during each workload by process (`other processes`: the rest of the machine), and the share of \
-         the machine's {} CPUs that was busy.\n",
+        "CPU seconds during each workload by process (`other processes`: the rest of the machine), the share of \
+         the machine's {} CPUs that was busy, what one execution costs the operator + API server + etcd + driver \
+         together, and the throughput that cost allows at best on this machine.\n",
         r.machine.logical_cpus
     );
     let mut procs: Vec<&String> = r
@@ -503,8 +579,8 @@ pub fn markdown(r: &Results) -> String {
     for p in &procs {
         let _ = write!(s, " {p} |");
     }
-    let _ = writeln!(s);
-    let _ = write!(s, "|---|---|---|");
+    let _ = writeln!(s, " CPU per execution | bound |");
+    let _ = write!(s, "|---|---|---|---|---|");
     for _ in &procs {
         let _ = write!(s, "---|");
     }
@@ -524,7 +600,12 @@ pub fn markdown(r: &Results) -> String {
                 w.usage.cpu_s.get(*p).copied().unwrap_or_default()
             );
         }
-        let _ = writeln!(s);
+        let bound = if w.executions >= 100 {
+            format!("{}/s", w.cpu_bound_executions_per_s)
+        } else {
+            "—".to_string()
+        };
+        let _ = writeln!(s, " {} ms | {bound} |", w.stack_cpu_ms_per_execution);
     }
     let _ = writeln!(
         s,
@@ -570,6 +651,25 @@ pub fn markdown(r: &Results) -> String {
                 .apiserver_requests
                 .get(key)
                 .map_or("".to_string(), |(n, mean)| format!("{mean} ({n})"));
+            let _ = write!(s, " {v} |");
+        }
+        let _ = writeln!(s);
+    }
+    let mut levels: Vec<&String> = r
+        .workloads
+        .iter()
+        .flat_map(|w| w.usage.apf_wait_ms.keys())
+        .collect();
+    levels.sort();
+    levels.dedup();
+    for level in levels {
+        let _ = write!(s, "| API Priority and Fairness queue wait, `{level}` |  |");
+        for w in &r.workloads {
+            let v = w
+                .usage
+                .apf_wait_ms
+                .get(level)
+                .map_or("".to_string(), |m| m.to_string());
             let _ = write!(s, " {v} |");
         }
         let _ = writeln!(s);
@@ -630,10 +730,23 @@ pub fn markdown(r: &Results) -> String {
     );
     let _ = writeln!(
         s,
-        "| VmRSS after 100 new executions ran on top | {} MiB |",
+        "| VmRSS after the new executions ran on top | {} MiB |",
         sc.rss_after_mib
     );
     let _ = writeln!(s, "| VmHWM of that process | {} MiB |", sc.peak_rss_mib);
+    let m = &sc.memory_model;
+    let _ = writeln!(
+        s,
+        "| one of them as JSON | {} bytes, of which managedFields ({} entries) {} bytes |",
+        m.json_bytes,
+        m.managed_fields_entries,
+        r1(m.json_bytes - m.json_bytes_without_managed_fields)
+    );
+    let _ = writeln!(
+        s,
+        "| resident memory per cached object, modelled in a fresh process (same types and allocator as the operator) | {} KiB as received; {} KiB with managedFields dropped on arrival |",
+        m.rss_kib_per_object, m.rss_kib_per_object_without_managed_fields
+    );
     let _ = writeln!(
         s,
         "| **peak RSS over every operator process of the run** | **{} MiB** |",

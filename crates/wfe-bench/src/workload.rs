@@ -259,31 +259,30 @@ pub async fn clean(client: &Client) -> Result<()> {
             );
         }
         if !list.items.is_empty() {
-            let with_finalizers: Vec<String> = list
-                .items
-                .iter()
-                .filter(|w| !w.finalizers().is_empty())
-                .map(|w| w.name_any())
-                .collect();
-            stream::iter(with_finalizers)
-                .map(|n| {
+            // One by one, many at a time: the API server deletes a collection of custom resources
+            // serially, and a large one outlives the request timeout.
+            stream::iter(list.items)
+                .map(|w| {
                     let wfes = wfes.clone();
                     async move {
-                        let _ = wfes
-                            .patch(
-                                &n,
-                                &PatchParams::default(),
-                                &Patch::Merge(json!({"metadata": {"finalizers": null}})),
-                            )
-                            .await;
+                        let name = w.name_any();
+                        if !w.finalizers().is_empty() {
+                            let _ = wfes
+                                .patch(
+                                    &name,
+                                    &PatchParams::default(),
+                                    &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+                                )
+                                .await;
+                        }
+                        if w.metadata.deletion_timestamp.is_none() {
+                            let _ = wfes.delete(&name, &DeleteParams::default()).await;
+                        }
                     }
                 })
                 .buffer_unordered(CONCURRENCY)
                 .collect::<Vec<()>>()
                 .await;
-            wfes.delete_collection(&DeleteParams::default(), &ListParams::default())
-                .await
-                .context("deleting the bench's WorkflowExecutions")?;
         }
         if !job_list.items.is_empty() {
             jobs.delete_collection(&DeleteParams::background(), &job_selector)
