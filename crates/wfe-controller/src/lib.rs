@@ -12,6 +12,7 @@
 //! with unit tests; [`reconcile`] does the I/O.
 
 pub mod audit;
+pub mod cache;
 pub mod clearance;
 pub mod guards;
 pub mod metrics;
@@ -31,7 +32,6 @@ use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::jiff::Timestamp;
 use kube::{
     Api, Client,
-    core::{DynamicObject, PartialObjectMeta},
     runtime::{
         Controller, WatchStreamExt,
         controller::Config as ControllerRunConfig,
@@ -41,7 +41,7 @@ use kube::{
     },
 };
 use wfe_api::{Phase, WorkflowExecution};
-use wfe_executor::{LABEL_WORKFLOW_EXECUTION, Registry, owner_of};
+use wfe_executor::Registry;
 
 pub use audit::{AuditSink, HttpSink, StdoutSink};
 pub use guards::GuardConfig;
@@ -110,7 +110,9 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()> + Send + S
     let idx = index.clone();
     let wfe_stream = reflector::reflector(
         writer,
-        watcher(wfes, watcher::Config::default()).default_backoff(),
+        watcher(wfes, watcher::Config::default())
+            .default_backoff()
+            .modify(cache::trim),
     )
     .map_ok(move |event| {
         match &event {
@@ -122,36 +124,21 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()> + Send + S
     })
     .applied_objects();
 
-    // Execution resources wake their WorkflowExecution (metadata-only watches, label-filtered).
+    // Execution resources wake their WorkflowExecution (label-filtered watches in the execution
+    // namespace, started by each executor).
     let mut triggers = Vec::new();
     for engine in registry.engines() {
-        let Some(executor) = registry.get(engine) else {
+        let Some(changes) = registry
+            .get(engine)
+            .and_then(|e| e.changes(client.clone(), &cfg.execution_namespace))
+        else {
             continue;
         };
-        let Some(resource) = executor.watched_resource() else {
-            continue;
-        };
-        let api: Api<PartialObjectMeta<DynamicObject>> =
-            Api::namespaced_with(client.clone(), &cfg.execution_namespace, &resource);
-        let kind = resource.kind.clone();
-        let trigger = watcher(api, watcher::Config::default().labels(LABEL_WORKFLOW_EXECUTION))
-            .default_backoff()
-            .touched_objects()
-            .filter_map(move |r: Result<PartialObjectMeta<DynamicObject>, watcher::Error>| {
-                let kind = kind.clone();
-                async move {
-                    match r {
-                        Ok(meta) => owner_of(&meta.metadata)
-                            .map(|o| ObjectRef::<WorkflowExecution>::new(&o.name).within(&o.namespace)),
-                        Err(e) => {
-                            tracing::debug!(error = %e, kind, "execution resource watch error (retrying)");
-                            None
-                        }
-                    }
-                }
-            })
-            .boxed();
-        triggers.push(trigger);
+        triggers.push(
+            changes
+                .map(|o| ObjectRef::<WorkflowExecution>::new(&o.name).within(&o.namespace))
+                .boxed(),
+        );
     }
 
     let recorder = Recorder::new(client.clone(), reporter);

@@ -81,6 +81,9 @@ pub enum Error {
     /// Audit delivery failed; retried later.
     #[error("{0}")]
     Audit(#[from] audit::AuditError),
+    /// A status write was attempted from a trimmed cache entry (a bug; nothing was written).
+    #[error("WorkflowExecution {0}: refusing to write a status derived from a trimmed cache entry")]
+    Summary(String),
 }
 
 impl Error {
@@ -118,6 +121,7 @@ impl Error {
             Error::Executor(_) => "executor",
             Error::Finalizer(_) => "finalizer",
             Error::Audit(_) => "audit",
+            Error::Summary(_) => "internal",
         }
     }
 }
@@ -135,9 +139,7 @@ impl TargetIndex {
     /// Records an object.
     pub fn insert(&self, wfe: &WorkflowExecution) {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(wfe.target_key())
-            .or_default()
-            .insert(ObjectRef::from_obj(wfe));
+        map.entry(wfe.target_key()).or_default().insert(key_of(wfe));
     }
 
     /// Forgets an object.
@@ -145,7 +147,7 @@ impl TargetIndex {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let key = wfe.target_key();
         if let Some(set) = map.get_mut(&key) {
-            set.remove(&ObjectRef::from_obj(wfe));
+            set.remove(&key_of(wfe));
             if set.is_empty() {
                 map.remove(&key);
             }
@@ -172,6 +174,11 @@ impl TargetIndex {
         });
         found
     }
+}
+
+/// A reference without the version and UID that `ObjectRef::from_obj` carries (lookups ignore them).
+fn key_of(wfe: &WorkflowExecution) -> ObjectRef<WorkflowExecution> {
+    ObjectRef::new(&wfe.name_any()).within(&wfe.namespace().unwrap_or_default())
 }
 
 /// Shared state of the reconcilers.
@@ -202,7 +209,25 @@ pub struct Context {
     audit_failures: Mutex<HashMap<String, u32>>,
     /// Refused clearance reasons already reported, by UID.
     refused_clearances: Mutex<HashMap<String, String>>,
+    /// This process's status writes that the cache may not show yet, by UID.
+    recent: Mutex<HashMap<String, Recent>>,
+    /// When this process recorded an execution's outcome (sub-second, unlike `completionTime`),
+    /// by UID: the lock release is scheduled from it.
+    outcome_recorded: Mutex<HashMap<String, Timestamp>>,
 }
+
+/// The newest copy of an object this process wrote, and the versions that copy supersedes.
+/// Resource versions are opaque: a cached copy is known to be stale only when its version is
+/// one this process replaced, never by comparing versions.
+#[derive(Debug)]
+struct Recent {
+    superseded: HashSet<String>,
+    latest: Arc<WorkflowExecution>,
+}
+
+/// Bound of the per-object maps that are normally emptied as the cache catches up: past it they
+/// are cleared (only an optimisation is lost).
+const MAX_TRACKED: usize = 50_000;
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -244,7 +269,55 @@ impl Context {
             acked: Mutex::default(),
             audit_failures: Mutex::default(),
             refused_clearances: Mutex::default(),
+            recent: Mutex::default(),
+            outcome_recorded: Mutex::default(),
         }
+    }
+
+    /// The newest known copy of `wfe`: the cached copy, unless this process has written a newer
+    /// one that the watch has not delivered yet. Deciding on the newest copy avoids refused
+    /// writes (resourceVersion conflicts), repeated dispatches and repeated audit deliveries.
+    pub fn freshest(&self, wfe: Arc<WorkflowExecution>) -> Arc<WorkflowExecution> {
+        let Some(uid) = wfe.uid() else {
+            return wfe;
+        };
+        let mut recent = lock(&self.recent);
+        let Some(entry) = recent.get(&uid) else {
+            return wfe;
+        };
+        match wfe.resource_version() {
+            Some(rv) if entry.superseded.contains(&rv) => entry.latest.clone(),
+            // The cache caught up (or somebody else wrote since): it speaks for itself.
+            _ => {
+                recent.remove(&uid);
+                wfe
+            }
+        }
+    }
+
+    fn remember_write(&self, before: &WorkflowExecution, after: &WorkflowExecution) {
+        let (Some(uid), Some(rv)) = (after.uid(), before.resource_version()) else {
+            return;
+        };
+        let mut recent = lock(&self.recent);
+        if recent.len() >= MAX_TRACKED {
+            recent.clear();
+        }
+        let entry = recent.entry(uid).or_insert_with(|| Recent {
+            superseded: HashSet::new(),
+            latest: Arc::new(after.clone()),
+        });
+        entry.superseded.insert(rv);
+        entry.latest = Arc::new(after.clone());
+    }
+
+    fn forget(&self, uid: &str) {
+        lock(&self.claims).retain(|_, (claimant, _)| claimant != uid);
+        lock(&self.acked).remove(uid);
+        lock(&self.audit_failures).remove(uid);
+        lock(&self.refused_clearances).remove(uid);
+        lock(&self.recent).remove(uid);
+        lock(&self.outcome_recorded).remove(uid);
     }
 
     fn now(&self) -> Timestamp {
@@ -295,11 +368,17 @@ impl Context {
         wfe: &WorkflowExecution,
         mut status: WorkflowExecutionStatus,
     ) -> Result<WorkflowExecution, Error> {
+        if crate::cache::is_summary(wfe) {
+            // Settled objects are cached trimmed and never need a write; refuse rather than
+            // write a status derived from a trimmed copy.
+            return Err(Error::Summary(id_of(wfe)));
+        }
         let uid = wfe.uid().unwrap_or_default();
         let acked = lock(&self.acked).get(&uid).cloned();
         if let Some(acked) = &acked {
             merge_delivered(&mut status, acked);
         }
+        self.mark_audit_recorded(wfe, &mut status);
         let patch = json!({
             "metadata": {"resourceVersion": wfe.resource_version()},
             "status": status,
@@ -315,6 +394,70 @@ impl Context {
         if acked.is_some() {
             lock(&self.acked).remove(&uid);
         }
+        self.remember_write(wfe, &updated);
+        Ok(updated)
+    }
+
+    /// Sets `AuditRecorded=True` in a terminal status once every event due is acknowledged, so
+    /// that the acknowledgement travels with the write that is made anyway.
+    fn mark_audit_recorded(&self, wfe: &WorkflowExecution, status: &mut WorkflowExecutionStatus) {
+        if !status.phase.is_some_and(|p| p.is_terminal()) {
+            return;
+        }
+        let mut candidate = wfe.clone();
+        candidate.status = Some(status.clone());
+        let all_delivered = audit::due_types(&candidate)
+            .iter()
+            .all(|t| status.audit_delivered.iter().any(|d| d == t));
+        if !all_delivered {
+            return;
+        }
+        let g = status.observed_generation;
+        let message = format!(
+            "{} audit event(s) acknowledged by the audit sink",
+            status.audit_delivered.len()
+        );
+        let now = self.now();
+        transitions::set_condition(
+            &mut status.conditions,
+            cond::AUDIT_RECORDED,
+            true,
+            "AuditSucceeded",
+            &message,
+            g,
+            now,
+        );
+    }
+
+    /// Writes the outcome of an execution. The outcome follows from the execution resource's
+    /// final state, so the audit events it makes due are delivered first and acknowledged in the
+    /// same write; should the write fail, the retry finds the same outcome and the receiver
+    /// recognises the redelivered events by their `event_id`.
+    async fn write_outcome(
+        &self,
+        wfe: &WorkflowExecution,
+        mut status: WorkflowExecutionStatus,
+    ) -> Result<WorkflowExecution, Error> {
+        let mut candidate = wfe.clone();
+        candidate.status = Some(status.clone());
+        if let Err(e) = self.send_due(&candidate).await {
+            let g = status.observed_generation;
+            transitions::set_condition(
+                &mut status.conditions,
+                cond::AUDIT_RECORDED,
+                false,
+                "AuditFailed",
+                &e.to_string(),
+                g,
+                self.now(),
+            );
+        }
+        let updated = self.write_status(wfe, status).await?;
+        let mut recorded = lock(&self.outcome_recorded);
+        if recorded.len() >= MAX_TRACKED {
+            recorded.clear();
+        }
+        recorded.insert(wfe.uid().unwrap_or_default(), self.now());
         Ok(updated)
     }
 
@@ -368,7 +511,7 @@ impl Context {
         let target_lock = self.target_lock(&key);
         let _held = target_lock.lock().await;
         // Re-read from the cache: another reconcile may have written this object meanwhile.
-        let wfe = self.store.get(&ObjectRef::from_obj(&*wfe)).unwrap_or(wfe);
+        let wfe = self.freshest(self.store.get(&ObjectRef::from_obj(&*wfe)).unwrap_or(wfe));
         if wfe.phase() != Phase::Pending || wfe.metadata.deletion_timestamp.is_some() {
             return Ok(Action::await_change());
         }
@@ -488,7 +631,8 @@ impl Context {
         match outcome {
             Ok(CreateOutcome::Created(reference) | CreateOutcome::Adopted(reference)) => {
                 let now = self.now();
-                let status = transitions::running(wfe, &reference, adopted, now);
+                let status =
+                    transitions::running(wfe, &reference, adopted, executor.initial_summary(), now);
                 lock(&self.claims).insert(key.clone(), (wfe.uid().unwrap_or_default(), id_of(wfe)));
                 let updated = self.write_status(wfe, status).await?;
                 if let Some(created) = wfe.metadata.creation_timestamp.as_ref() {
@@ -598,7 +742,7 @@ impl Context {
             } => {
                 let finished = finished_at.map(|t| t.0).unwrap_or(now).min(now);
                 let updated = self
-                    .write_status(&wfe, transitions::succeeded(&wfe, summary, finished, now))
+                    .write_outcome(&wfe, transitions::succeeded(&wfe, summary, finished, now))
                     .await?;
                 let status = updated.status.clone().unwrap_or_default();
                 let duration = elapsed(&status.start_time, &status.completion_time);
@@ -658,7 +802,7 @@ impl Context {
     ) -> Result<Action, Error> {
         let now = self.now();
         let updated = self
-            .write_status(
+            .write_outcome(
                 wfe,
                 transitions::execution_failed(wfe, summary, &failure, finished, now),
             )
@@ -706,14 +850,23 @@ impl Context {
         // Release the lock (delete the execution resource) once the cooldown is over.
         let status = wfe.status.clone().unwrap_or_default();
         if status.execution_ref.is_some() && status.lock_released_time.is_none() {
-            let done = status
-                .completion_time
-                .as_ref()
-                .map(|t| t.0)
-                .unwrap_or_else(|| self.now());
-            let release_at = done
-                + k8s_openapi::jiff::SignedDuration::try_from(self.cfg.guards.cooldown)
-                    .unwrap_or_default();
+            let cooldown = k8s_openapi::jiff::SignedDuration::try_from(self.cfg.guards.cooldown)
+                .unwrap_or_default();
+            let uid = wfe.uid().unwrap_or_default();
+            let recorded = lock(&self.outcome_recorded).get(&uid).copied();
+            let release_at = match recorded {
+                Some(at) => at + cooldown,
+                // Recorded by an earlier process: `completionTime` has whole seconds, so spread
+                // the releases over the following second instead of issuing them all at once.
+                None => {
+                    let done = status
+                        .completion_time
+                        .as_ref()
+                        .map(|t| t.0)
+                        .unwrap_or_else(|| self.now());
+                    done + cooldown + release_spread(&uid)
+                }
+            };
             let now = self.now();
             if now >= release_at {
                 if let Some(executor) = self.executor(&wfe) {
@@ -722,6 +875,7 @@ impl Context {
                             let mut s = wfe.status.clone().unwrap_or_default();
                             s.lock_released_time = Some(Time(now));
                             let updated = self.write_status(&wfe, s).await?;
+                            lock(&self.outcome_recorded).remove(&uid);
                             if outcome == DeleteOutcome::Deleted {
                                 self.event(
                                     &updated,
@@ -749,7 +903,7 @@ impl Context {
                 }
             } else {
                 let wait = Duration::try_from(release_at.duration_since(now)).unwrap_or_default()
-                    + Duration::from_millis(50);
+                    + Duration::from_millis(5);
                 next = Some(next.map_or(wait, |n| n.min(wait)));
             }
         }
@@ -846,9 +1000,10 @@ impl Context {
 
     // ---------------------------------------------------------------- Audit
 
-    /// Sends the audit events due and not yet acknowledged; records acknowledgements (in the
-    /// status when nothing else will be written, else with the next status write).
-    async fn deliver_audit(&self, wfe: &WorkflowExecution) {
+    /// Sends the audit events of `wfe` that are due and not acknowledged yet, and keeps the
+    /// acknowledgements in memory (the next status write persists them). `Ok(false)`: nothing
+    /// was due.
+    async fn send_due(&self, wfe: &WorkflowExecution) -> Result<bool, audit::AuditError> {
         let uid = wfe.uid().unwrap_or_default();
         let acked = lock(&self.acked).get(&uid).cloned().unwrap_or_default();
         let events: Vec<audit::AuditEvent> = audit::pending(wfe)
@@ -856,7 +1011,7 @@ impl Context {
             .filter(|e| !acked.contains(&e.event_type))
             .collect();
         if events.is_empty() {
-            return;
+            return Ok(false);
         }
         match self.audit.send(&events).await {
             Ok(()) => {
@@ -864,30 +1019,8 @@ impl Context {
                 lock(&self.audit_failures).remove(&uid);
                 let mut all = acked;
                 all.extend(events.iter().map(|e| e.event_type.clone()));
-                let terminal = wfe.phase().is_terminal();
-                lock(&self.acked).insert(uid.clone(), all.clone());
-                if terminal {
-                    // Nothing else may be written for a while: persist now.
-                    let mut status = wfe.status.clone().unwrap_or_default();
-                    merge_delivered(&mut status, &all);
-                    let now = self.now();
-                    let g = status.observed_generation;
-                    transitions::set_condition(
-                        &mut status.conditions,
-                        cond::AUDIT_RECORDED,
-                        true,
-                        "AuditSucceeded",
-                        &format!(
-                            "{} audit event(s) acknowledged by the audit sink",
-                            status.audit_delivered.len()
-                        ),
-                        g,
-                        now,
-                    );
-                    if let Err(e) = self.write_status(wfe, status).await {
-                        tracing::debug!(error = %e, "audit acknowledgement will be persisted later");
-                    }
-                }
+                lock(&self.acked).insert(uid, all);
+                Ok(true)
             }
             Err(e) => {
                 metrics::audit("failed", events.len());
@@ -898,6 +1031,25 @@ impl Context {
                     *n
                 };
                 tracing::warn!(error = %e, wfe = %id_of(wfe), attempt = n, "audit delivery failed; will retry");
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends the audit events due; persists the acknowledgements at once for a terminal object
+    /// (nothing else may be written for a while), else with the next status write.
+    async fn deliver_audit(&self, wfe: &WorkflowExecution) {
+        match self.send_due(wfe).await {
+            Ok(false) => {}
+            Ok(true) => {
+                if wfe.phase().is_terminal() {
+                    let status = wfe.status.clone().unwrap_or_default();
+                    if let Err(e) = self.write_status(wfe, status).await {
+                        tracing::debug!(error = %e, "audit acknowledgement will be persisted later");
+                    }
+                }
+            }
+            Err(e) => {
                 if wfe
                     .condition(cond::AUDIT_RECORDED)
                     .is_none_or(|c| c.status != "False")
@@ -949,11 +1101,7 @@ impl Context {
             self.audit.send(&pending).await?;
             metrics::audit("delivered", pending.len());
         }
-        let uid = wfe.uid().unwrap_or_default();
-        lock(&self.claims).retain(|_, (claimant, _)| *claimant != uid);
-        lock(&self.acked).remove(&uid);
-        lock(&self.audit_failures).remove(&uid);
-        lock(&self.refused_clearances).remove(&uid);
+        self.forget(&wfe.uid().unwrap_or_default());
         self.event(
             &wfe,
             EventType::Normal,
@@ -976,6 +1124,15 @@ fn merge_delivered(status: &mut WorkflowExecutionStatus, acked: &BTreeSet<String
     }
 }
 
+/// A delay in [0, 1 s) that is stable for one object and spread evenly across objects.
+fn release_spread(uid: &str) -> k8s_openapi::jiff::SignedDuration {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    uid.hash(&mut h);
+    let millis = i64::try_from(h.finish() % 1000).unwrap_or_default();
+    k8s_openapi::jiff::SignedDuration::from_millis(millis)
+}
+
 fn id_of(wfe: &WorkflowExecution) -> String {
     format!("{}/{}", wfe.namespace().unwrap_or_default(), wfe.name_any())
 }
@@ -989,6 +1146,7 @@ fn elapsed(start: &Option<Time>, end: &Option<Time>) -> Duration {
 
 /// Reconciles one WorkflowExecution.
 pub async fn reconcile(wfe: Arc<WorkflowExecution>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let wfe = ctx.freshest(wfe);
     let api = ctx.api(&wfe);
     finalizer(&api, FINALIZER, wfe, |event| async {
         match event {

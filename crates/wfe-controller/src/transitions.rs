@@ -162,11 +162,26 @@ pub fn pending(wfe: &WorkflowExecution) -> WorkflowExecutionStatus {
     s
 }
 
-/// Running: the execution resource exists.
+/// The `ExecutionRunning` condition message for a progress summary.
+fn running_message(wfe: &WorkflowExecution, summary: Option<&ExecutionStatusSummary>) -> String {
+    let engine = wfe.spec.execution_engine.as_str();
+    match summary {
+        Some(summary) => format!(
+            "Execution running ({engine}: {})",
+            summary.message.as_deref().unwrap_or("running")
+        ),
+        None => format!("Execution running ({engine})"),
+    }
+}
+
+/// Running: the execution resource exists. `initial` is the executor's summary of a resource
+/// that was just created ([`wfe_executor::Executor::initial_summary`]); carrying it here saves
+/// the progress write that the first observation would otherwise make.
 pub fn running(
     wfe: &WorkflowExecution,
     reference: &ExecutionRef,
     adopted: bool,
+    initial: Option<ExecutionStatusSummary>,
     now: Timestamp,
 ) -> WorkflowExecutionStatus {
     let mut s = base(wfe);
@@ -190,15 +205,18 @@ pub fn running(
         generation,
         now,
     );
+    // An adopted resource may have progressed already: its first observation writes that.
+    let initial = initial.filter(|_| !adopted);
     set_condition(
         &mut s.conditions,
         cond::EXECUTION_RUNNING,
         true,
         "ExecutionStarted",
-        &format!("Execution running ({engine})"),
+        &running_message(wfe, initial.as_ref()),
         generation,
         now,
     );
+    s.execution_status = initial;
     s
 }
 
@@ -210,11 +228,7 @@ pub fn progress(
 ) -> Option<WorkflowExecutionStatus> {
     let mut s = base(wfe);
     let generation = s.observed_generation;
-    let message = format!(
-        "Execution running ({}: {})",
-        wfe.spec.execution_engine.as_str(),
-        summary.message.as_deref().unwrap_or("running")
-    );
+    let message = running_message(wfe, Some(summary));
     let changed_condition = set_condition(
         &mut s.conditions,
         cond::EXECUTION_RUNNING,
@@ -502,7 +516,7 @@ mod tests {
             json!({"phase": "Pending", "conditions": [{"type": "Blocked", "status": "True", "reason": "CooldownActive",
             "message": "m", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}),
         );
-        let r = running(&w, &reference(), false, t("00:00:01"));
+        let r = running(&w, &reference(), false, None, t("00:00:01"));
         assert_eq!(r.phase, Some(Phase::Running));
         assert_eq!(
             types(&r),
@@ -641,6 +655,32 @@ mod tests {
             progress(&w2, &summary, t("00:00:02")).is_none(),
             "unchanged progress needs no write"
         );
+    }
+
+    #[test]
+    fn an_initial_summary_at_dispatch_spares_the_first_progress_write() {
+        let summary = ExecutionStatusSummary {
+            status: "Unknown".into(),
+            reason: Some("Running".into()),
+            message: Some("Job running (0/1 pods active)".into()),
+            total_tasks: 1,
+            ..Default::default()
+        };
+        let w = wfe(json!({"phase": "Pending"}));
+        let r = running(
+            &w,
+            &reference(),
+            false,
+            Some(summary.clone()),
+            t("00:00:01"),
+        );
+        let w2 = wfe(serde_json::to_value(&r).unwrap());
+        assert!(progress(&w2, &summary, t("00:00:02")).is_none());
+        // Without it (or when adopting) the first observation is written.
+        let r = running(&w, &reference(), true, Some(summary.clone()), t("00:00:01"));
+        assert_eq!(r.execution_status, None);
+        let w3 = wfe(serde_json::to_value(&r).unwrap());
+        assert!(progress(&w3, &summary, t("00:00:02")).is_some());
     }
 
     #[test]

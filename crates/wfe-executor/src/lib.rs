@@ -31,6 +31,7 @@ pub mod conformance;
 mod error;
 mod naming;
 mod registry;
+pub mod watch;
 
 use async_trait::async_trait;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -189,6 +190,24 @@ pub trait Executor: Send + Sync + std::fmt::Debug + 'static {
     /// execution namespace, filtered by the [`LABEL_WORKFLOW_EXECUTION`] label) so that their
     /// changes wake the owning WorkflowExecution at once. `None`: no watch, status is polled.
     fn watched_resource(&self) -> Option<kube::core::ApiResource> {
+        None
+    }
+
+    /// Starts watching the execution resources in `namespace`; the controller calls it once at
+    /// start and wakes the owner of every object the stream yields. The default is a
+    /// metadata-only watch of [`watched_resource`](Self::watched_resource)
+    /// ([`watch::metadata_changes`]). A backend that wants to read its resources from memory
+    /// overrides it with [`watch::cached_changes`] and keeps the store.
+    fn changes(&self, client: kube::Client, namespace: &str) -> Option<watch::Changes> {
+        self.watched_resource()
+            .map(|r| watch::metadata_changes(client, namespace, &r))
+    }
+
+    /// The progress summary of an execution resource just created, before the engine did
+    /// anything with it: it is written with the `Running` transition, which spares the write
+    /// that the first observation would otherwise make. It must equal what
+    /// [`status`](Self::status) reports for such a resource. `None`: no initial summary.
+    fn initial_summary(&self) -> Option<ExecutionStatusSummary> {
         None
     }
 

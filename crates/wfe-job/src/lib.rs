@@ -7,12 +7,19 @@
 //! only Jobs that belong to the WorkflowExecution.
 //!
 //! Reads are scoped: the Job by name, its pods by the Job's controller-uid label, events by field
-//! selector on the one object; never a list of a whole namespace.
+//! selector on the one object; never a list of a whole namespace. Once the controller started
+//! the executor's watch ([`Executor::changes`]), Jobs are read from the watch's cache and the API
+//! server is asked only when the cache cannot answer (a Job not seen yet, or one that the cache
+//! shows with another owner); pods and events are read only for a Job that needs a diagnosis.
 
 mod build;
 mod status;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, OnceLock},
+    time::{Duration, Instant},
+};
 
 use async_trait::async_trait;
 use k8s_openapi::{
@@ -27,11 +34,16 @@ use kube::{
     api::{
         DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions, PropagationPolicy,
     },
+    runtime::reflector::{ObjectRef, Store},
 };
-use wfe_api::{ExecutionEngine, ExecutionRef, FieldError, WorkflowExecution, is_digest_pinned};
+use wfe_api::{
+    ExecutionEngine, ExecutionRef, ExecutionStatusSummary, FieldError, WorkflowExecution,
+    is_digest_pinned,
+};
 use wfe_executor::{
     CreateOutcome, DeleteOutcome, Executor, ExecutorError, Observation, Owner, execution_name_for,
     is_already_exists, is_not_found, is_owned_by, owner_of, owner_settled,
+    watch::{self, Changes},
 };
 
 pub use build::{
@@ -39,9 +51,14 @@ pub use build::{
     owner_reference,
 };
 pub use status::{
-    JobFacts, MAX_MESSAGE, Needs, container_started, is_finished, is_suspended, needs, observe,
-    tail,
+    JobFacts, MAX_MESSAGE, Needs, container_started, initial_summary, is_finished, is_suspended,
+    needs, observe, tail,
 };
+
+/// How long a service account seen by the pre-flight check is trusted without reading it again.
+/// A service account deleted within this window is still reported, later, from the pod creation
+/// failure (`ConfigurationError`).
+pub const SERVICE_ACCOUNT_TTL: Duration = Duration::from_secs(30);
 
 /// Configuration of the Job backend.
 #[derive(Clone, Debug)]
@@ -78,6 +95,10 @@ impl Default for JobConfig {
 pub struct JobExecutor {
     client: Client,
     cfg: Arc<JobConfig>,
+    /// Jobs of the execution namespace, once the watch runs.
+    cache: Arc<OnceLock<Store<Job>>>,
+    /// Service accounts that existed, and when that was checked.
+    accounts_seen: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 impl std::fmt::Debug for JobExecutor {
@@ -94,6 +115,8 @@ impl JobExecutor {
         JobExecutor {
             client,
             cfg: Arc::new(cfg),
+            cache: Arc::default(),
+            accounts_seen: Arc::default(),
         }
     }
 
@@ -122,6 +145,33 @@ impl JobExecutor {
         }
     }
 
+    /// The Job of `wfe`: from the watch cache when it holds one owned by `wfe`, else from the API
+    /// server (the cache may not have seen a new Job yet, or still show a replaced one).
+    async fn job_of(&self, wfe: &WorkflowExecution) -> Result<Option<Job>, ExecutorError> {
+        let name = execution_name_for(wfe);
+        if let Some(cache) = self.cache.get() {
+            let cached = cache.get(&ObjectRef::new(&name).within(&self.cfg.namespace));
+            if let Some(job) = cached.filter(|j| is_owned_by(&j.metadata, wfe)) {
+                return Ok(Some(Job::clone(&job)));
+            }
+        }
+        self.get_job(&name).await
+    }
+
+    fn account_recently_seen(&self, name: &str) -> bool {
+        let seen = self.accounts_seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.get(name)
+            .is_some_and(|at| at.elapsed() < SERVICE_ACCOUNT_TTL)
+    }
+
+    fn account_seen(&self, name: &str) {
+        let mut seen = self.accounts_seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() > 1024 {
+            seen.retain(|_, at| at.elapsed() < SERVICE_ACCOUNT_TTL);
+        }
+        seen.insert(name.to_string(), Instant::now());
+    }
+
     /// Checks that the service account and every dependency exist (metadata reads only), so that a
     /// missing object fails the request at once with a message that names it.
     async fn preflight(&self, wfe: &WorkflowExecution) -> Result<(), ExecutorError> {
@@ -141,13 +191,16 @@ impl JobExecutor {
             Ok(None) => Err(missing(kind, name, what)),
             Err(e) => Err(ExecutorError::from_kube(&format!("read {kind} {name}"), e)),
         };
-        let sas: Api<ServiceAccount> = Api::namespaced(self.client.clone(), ns);
-        check(
-            sas.get_metadata_opt(&sa).await.map(|o| o.map(drop)),
-            "ServiceAccount",
-            &sa,
-            "the workflow's service account",
-        )?;
+        if !self.account_recently_seen(&sa) {
+            let sas: Api<ServiceAccount> = Api::namespaced(self.client.clone(), ns);
+            check(
+                sas.get_metadata_opt(&sa).await.map(|o| o.map(drop)),
+                "ServiceAccount",
+                &sa,
+                "the workflow's service account",
+            )?;
+            self.account_seen(&sa);
+        }
         if let Some(deps) = &wfe.spec.workflow_ref.dependencies {
             let secrets: Api<Secret> = Api::namespaced(self.client.clone(), ns);
             for s in &deps.secrets {
@@ -251,6 +304,21 @@ impl Executor for JobExecutor {
         Some(kube::core::ApiResource::erase::<Job>(&()))
     }
 
+    fn changes(&self, client: Client, namespace: &str) -> Option<Changes> {
+        let (store, writer) = watch::store::<Job>();
+        if self.cache.set(store).is_err() {
+            tracing::warn!("the Job watch was started twice; the first one feeds the cache");
+        }
+        Some(watch::cached_changes(
+            Api::namespaced(client, namespace),
+            writer,
+        ))
+    }
+
+    fn initial_summary(&self) -> Option<ExecutionStatusSummary> {
+        Some(initial_summary())
+    }
+
     fn validate(&self, wfe: &WorkflowExecution) -> Result<(), Vec<FieldError>> {
         let image = &wfe.spec.workflow_ref.container_image;
         if !self.cfg.allow_unpinned_images && !is_digest_pinned(image) {
@@ -323,7 +391,7 @@ impl Executor for JobExecutor {
     async fn status(&self, wfe: &WorkflowExecution) -> Result<Observation, ExecutorError> {
         let name = execution_name_for(wfe);
         let Some(job) = self
-            .get_job(&name)
+            .job_of(wfe)
             .await?
             .filter(|j| is_owned_by(&j.metadata, wfe))
         else {
@@ -332,7 +400,19 @@ impl Executor for JobExecutor {
                 name,
             });
         };
-        let needs = needs(&job);
+        let now = Timestamp::now();
+        let mut needs = needs(&job);
+        // Pod creation failures only matter once the Job is stuck (see `observe`): a young Job
+        // without pods is simply starting.
+        let age = job
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .and_then(|t| Duration::try_from(now.duration_since(t.0)).ok())
+            .unwrap_or_default();
+        if !is_finished(&job) && age < self.cfg.stuck_grace {
+            needs.job_events = false;
+        }
         let mut pods = if needs.pods {
             self.pods_of(&job).await
         } else {
@@ -360,7 +440,7 @@ impl Executor for JobExecutor {
             pods_seen: pods.len(),
             pod_events: &pod_events,
             job_events: &job_events,
-            now: Timestamp::now(),
+            now,
             stuck_grace: self.cfg.stuck_grace,
         };
         let observation = observe(&facts);
@@ -371,8 +451,7 @@ impl Executor for JobExecutor {
     }
 
     async fn delete(&self, wfe: &WorkflowExecution) -> Result<DeleteOutcome, ExecutorError> {
-        let name = execution_name_for(wfe);
-        match self.get_job(&name).await? {
+        match self.job_of(wfe).await? {
             None => Ok(DeleteOutcome::NotFound),
             Some(job) if !is_owned_by(&job.metadata, wfe) => Ok(DeleteOutcome::NotOwned),
             Some(job) if job.metadata.deletion_timestamp.is_some() => Ok(DeleteOutcome::Deleted),

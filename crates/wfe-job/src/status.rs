@@ -292,6 +292,22 @@ fn execution_cause(pod: Option<&Pod>) -> Option<Failure> {
     Some(failure)
 }
 
+/// The summary of a Job that was just created (no pod yet): what [`observe`] reports for it.
+pub fn initial_summary() -> ExecutionStatusSummary {
+    ExecutionStatusSummary {
+        status: "Unknown".into(),
+        reason: Some("Running".into()),
+        message: Some(running_message(0)),
+        completed_tasks: 0,
+        total_tasks: 1,
+        retry_count: 0,
+    }
+}
+
+fn running_message(active: i32) -> String {
+    format!("Job running ({active}/1 pods active)")
+}
+
 fn summary(
     facts: &JobFacts<'_>,
     status: &str,
@@ -412,11 +428,6 @@ pub fn observe(facts: &JobFacts<'_>) -> Observation {
         };
     }
     Observation::Running {
-        summary: summary(
-            facts,
-            "Unknown",
-            "Running",
-            format!("Job running ({active}/1 pods active)"),
-        ),
+        summary: summary(facts, "Unknown", "Running", running_message(active)),
     }
 }

@@ -651,3 +651,17 @@ fn oci_prefix_is_not_part_of_the_container_image() {
         Some(format!("r.example/x@{DIGEST}").as_str())
     );
 }
+
+#[tokio::test]
+async fn the_initial_summary_is_what_a_fresh_job_maps_to() {
+    let job = build_job(&wfe("kubernaut-system", json!({})), &cfg()).unwrap();
+    match map(&job, None, &[], &[]) {
+        Observation::Running { summary } => assert_eq!(summary, wfe_job::initial_summary()),
+        other => panic!("{other:?}"),
+    }
+    let executor = wfe_job::JobExecutor::new(
+        kube::Client::try_from(kube::Config::new("http://127.0.0.1:1".parse().unwrap())).unwrap(),
+        cfg(),
+    );
+    assert_eq!(executor.initial_summary(), Some(wfe_job::initial_summary()));
+}

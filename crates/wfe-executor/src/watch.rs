@@ -1,0 +1,93 @@
+//! Watches of execution resources: the changes that wake their WorkflowExecution.
+//!
+//! Every watch is scoped to the execution namespace and filtered by the
+//! [`LABEL_WORKFLOW_EXECUTION`](crate::LABEL_WORKFLOW_EXECUTION) label, so the operator never
+//! sees (or needs permission for) anything else; watch errors are retried with kube-runtime's
+//! default backoff and never end the stream.
+
+use futures::{StreamExt, stream::BoxStream};
+use kube::{
+    Api, Client, Resource,
+    api::ObjectMeta,
+    core::{ApiResource, DynamicObject, PartialObjectMeta},
+    runtime::{
+        WatchStreamExt,
+        reflector::{self, Store},
+        watcher,
+    },
+};
+use serde::de::DeserializeOwned;
+
+use crate::{LABEL_WORKFLOW_EXECUTION, Owner, owner_of};
+
+/// The WorkflowExecutions whose execution resource changed, one item per change.
+pub type Changes = BoxStream<'static, Owner>;
+
+fn owners<E: std::fmt::Display>(
+    kind: String,
+    s: impl futures::Stream<Item = Result<ObjectMeta, E>> + Send + 'static,
+) -> Changes {
+    s.filter_map(move |r| {
+        let owner = match r {
+            Ok(meta) => owner_of(&meta),
+            Err(e) => {
+                tracing::debug!(error = %e, kind, "execution resource watch error (retrying)");
+                None
+            }
+        };
+        futures::future::ready(owner)
+    })
+    .boxed()
+}
+
+/// A metadata-only watch of `resource` (cheap: no spec or status travels), for backends that
+/// read the state itself when asked ([`Executor::status`](crate::Executor::status)).
+pub fn metadata_changes(client: Client, namespace: &str, resource: &ApiResource) -> Changes {
+    let api: Api<PartialObjectMeta<DynamicObject>> =
+        Api::namespaced_with(client, namespace, resource);
+    let stream = watcher(
+        api,
+        watcher::Config::default().labels(LABEL_WORKFLOW_EXECUTION),
+    )
+    .default_backoff()
+    .touched_objects()
+    .map(|r| r.map(|o| o.metadata));
+    owners(resource.kind.clone(), stream)
+}
+
+/// A watch of whole objects that also fills `writer`, so that a backend reads the current state
+/// of its resources from memory instead of asking the API server on every reconcile.
+/// `managedFields` are dropped on arrival: nothing reads them and they are a large share of
+/// every object.
+pub fn cached_changes<K>(api: Api<K>, writer: reflector::store::Writer<K>) -> Changes
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let kind = K::kind(&()).to_string();
+    let stream = reflector::reflector(
+        writer,
+        watcher(
+            api,
+            watcher::Config::default().labels(LABEL_WORKFLOW_EXECUTION),
+        )
+        .default_backoff()
+        .modify(|o: &mut K| o.meta_mut().managed_fields = None),
+    )
+    .touched_objects()
+    .map(|r| r.map(|o: K| o.meta().clone()));
+    owners(kind, stream)
+}
+
+/// A reflector store and its writer, for [`cached_changes`].
+pub fn store<K>() -> (Store<K>, reflector::store::Writer<K>)
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    reflector::store()
+}
