@@ -80,25 +80,7 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
     cluster::run(ClusterCmd::Up { nodes: false }, root)?;
 
     println!("\n==> release build: cargo build --release --locked -p we-operator -p wfe-bench");
-    let mut build = Command::new("cargo");
-    // `cargo xtask` runs us through `cargo run`, which exports the xtask package's CARGO_PKG_*
-    // variables; some build scripts (ring's) track those, so inheriting them would make this build
-    // and a plain `cargo build --release` rebuild each other's dependencies from scratch.
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy();
-        if key.starts_with("CARGO_PKG_")
-            || matches!(
-                &*key,
-                "CARGO_MANIFEST_DIR"
-                    | "CARGO_MANIFEST_PATH"
-                    | "CARGO_CRATE_NAME"
-                    | "CARGO_BIN_NAME"
-                    | "CARGO_PRIMARY_PACKAGE"
-            )
-        {
-            build.env_remove(&*key);
-        }
-    }
+    let mut build = crate::command("cargo");
     let status = build
         .args([
             "build",

@@ -14,7 +14,7 @@ use crate::cluster::{self, ClusterCmd};
 /// Runs a command in the repository, streaming its output; fails with `what` when it fails.
 fn run(root: &Path, what: &str, program: &str, args: &[&str]) -> Result<()> {
     println!("\n==> {what}: {program} {}", args.join(" "));
-    let status = Command::new(program)
+    let status = crate::command(program)
         .args(args)
         .current_dir(root)
         .status()
@@ -101,7 +101,7 @@ pub fn test(root: &Path, keep_cluster: bool) -> Result<()> {
 
 /// True when `program args` runs and succeeds (a tool is installed and usable).
 fn works(program: &str, args: &[&str]) -> bool {
-    Command::new(program)
+    crate::command(program)
         .args(args)
         .output()
         .is_ok_and(|o| o.status.success())
@@ -134,7 +134,7 @@ fn run_ignored_test(
     limit: Duration,
     what: &str,
 ) -> Result<ExitStatus> {
-    let child = Command::new("cargo")
+    let child = crate::command("cargo")
         .args([
             "test",
             "--locked",
@@ -255,7 +255,7 @@ pub fn e2e(root: &Path, keep_cluster: bool) -> Result<()> {
 }
 
 fn kubectl(root: &Path, args: &[&str]) -> Result<String> {
-    let out = Command::new("kubectl")
+    let out = crate::command("kubectl")
         .args(["--kubeconfig", cluster::KUBECONFIG])
         .args(args)
         .current_dir(root)
@@ -310,7 +310,7 @@ pub fn demo(root: &Path) -> Result<()> {
     let log_path = root.join("target/we-operator-demo.log");
     let log = std::fs::File::create(&log_path)?;
     println!("\n==> starting we-operator (log: {})", log_path.display());
-    let mut operator = Command::new(root.join("target/debug/we-operator"))
+    let mut operator = crate::command(root.join("target/debug/we-operator"))
         .args([
             "run",
             "--execution-namespace",

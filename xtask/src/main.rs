@@ -72,6 +72,30 @@ fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// A command for a tool run by the xtask, without the variables that `cargo run` exported for the
+/// xtask package itself (`CARGO_PKG_*`, `CARGO_MANIFEST_*`, ...): some build scripts (ring's)
+/// track them, so passing them on would make every cargo run from here and every plain cargo run
+/// rebuild each other's dependencies.
+pub fn command(program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    let mut cmd = std::process::Command::new(program);
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_PKG_")
+            || matches!(
+                &*key,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+            )
+        {
+            cmd.env_remove(&*key);
+        }
+    }
+    cmd
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {

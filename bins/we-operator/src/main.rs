@@ -126,6 +126,10 @@ struct RunArgs {
     /// Re-read running executions at least this often (watches normally make this unnecessary).
     #[arg(long, env = "WFE_RUNNING_RESYNC", default_value = "5m", value_parser = duration)]
     running_resync: Duration,
+    /// Fill the WorkflowExecution cache with a streaming list (Kubernetes WatchList) instead of
+    /// paged lists: less memory at start-up; set to false for API servers without WatchList.
+    #[arg(long, env = "WFE_STREAMING_LISTS", default_value_t = true, action = clap::ArgAction::Set)]
+    streaming_lists: bool,
     /// Serve the block-clearing admission webhook (TLS) on this address.
     #[arg(long, env = "WFE_WEBHOOK_ADDRESS", requires_all = ["webhook_cert_file", "webhook_key_file", "clearance_key_file"])]
     webhook_address: Option<SocketAddr>,
@@ -340,6 +344,7 @@ async fn run(args: RunArgs) -> Result<()> {
             watch_namespace: args.watch_namespace.clone(),
             execution_namespace: args.execution_namespace.clone(),
             clearance_key,
+            streaming_lists: args.streaming_lists,
         },
         audit,
         reporter: Reporter {

@@ -69,7 +69,8 @@ struct Args {
     #[arg(long, default_value = "warn")]
     operator_log_level: String,
     /// Internal: list the bench's WorkflowExecutions, keep them, print the memory growth (JSON) and
-    /// exit (`full` or `stripped` of managedFields). Run in a fresh process by the scale phase.
+    /// exit (`full`, `stripped` of managedFields, or `kept` as the operator keeps them). Run in a
+    /// fresh process by the scale phase.
     #[arg(long, hide = true)]
     memory_probe: Option<String>,
     /// Run only these phases (for investigating one; --docs is then ignored).
@@ -521,16 +522,18 @@ impl Bench {
         let (rss_after, _) = op.memory_kib()?;
         let hwm = hwm.max(op.stop().await?);
         eprintln!(
-            "    modelling the cache of {existing} objects in fresh processes (with and without managedFields)"
+            "    modelling the cache of {existing} objects in fresh processes (as received, without managedFields, as the operator keeps them)"
         );
         let model = probe::memory_model(&self.args).await?;
         eprintln!(
-            "    {} objects: {} JSON bytes each ({} without managedFields); {} KiB resident each as received, {} KiB without managedFields",
+            "    {} objects: {} JSON bytes each ({} without managedFields); {} KiB resident each as received, {} KiB without managedFields, {} KiB as the operator keeps them ({} settled: guard summary only)",
             model.objects,
             model.json_bytes,
             model.json_bytes_without_managed_fields,
             model.rss_kib_per_object,
-            model.rss_kib_per_object_without_managed_fields
+            model.rss_kib_per_object_without_managed_fields,
+            model.rss_kib_per_object_as_kept,
+            model.settled_share
         );
         self.peak_kib = self.peak_kib.max(hwm);
         w.operator_peak_rss_mib = mib(hwm);
@@ -655,7 +658,7 @@ async fn main() -> Result<()> {
 
     if let Some(mode) = &args.memory_probe {
         let client = setup::admin_client(&args.kubeconfig).await?;
-        let out = probe::memory_probe(&client, mode == "stripped").await?;
+        let out = probe::memory_probe(&client, mode).await?;
         println!("{}", serde_json::to_string(&out)?);
         return Ok(());
     }

@@ -294,7 +294,9 @@ pub async fn calibrate(client: &Client, rounds: usize) -> Result<BTreeMap<String
 /// What the operator's cache of WorkflowExecutions costs, modelled with the same types and
 /// allocator: a fresh process (this binary with `--memory-probe`) lists the objects of the bench
 /// namespace and keeps them as the operator's reflector keeps them (`Arc<WorkflowExecution>`),
-/// once as they come and once with `metadata.managedFields` dropped on arrival.
+/// once as they come, once with `metadata.managedFields` dropped on arrival, and once as the
+/// operator keeps them (`wfe_controller::cache`: managedFields dropped, a settled object only as
+/// its guard summary in the `TargetIndex`, others whole).
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct MemoryModel {
     /// Objects listed.
@@ -309,6 +311,10 @@ pub struct MemoryModel {
     pub rss_kib_per_object: f64,
     /// Resident memory per object kept without managedFields, KiB.
     pub rss_kib_per_object_without_managed_fields: f64,
+    /// Resident memory per object kept as the operator keeps it, KiB.
+    pub rss_kib_per_object_as_kept: f64,
+    /// Share of the objects that were settled (kept as a guard summary only).
+    pub settled_share: f64,
 }
 
 /// What one probe process measured.
@@ -322,24 +328,40 @@ pub struct ProbeOutput {
     pub json_bytes: f64,
     /// Mean managedFields entries as received.
     pub managed_fields_entries: f64,
+    /// Objects settled (kept as a summary in `kept` mode).
+    #[serde(default)]
+    pub settled: usize,
 }
 
 /// The probe itself (run in a fresh process): lists and keeps every object of the bench namespace.
-pub async fn memory_probe(client: &Client, strip: bool) -> Result<ProbeOutput> {
+pub async fn memory_probe(client: &Client, mode: &str) -> Result<ProbeOutput> {
     let api: Api<WorkflowExecution> = Api::namespaced(client.clone(), BENCH_NS);
     let rss = || operator::memory_kib(std::process::id()).map(|(rss, _)| rss as f64);
     let base = rss()?;
     let mut kept = Vec::new();
-    let (mut bytes, mut entries) = (0usize, 0usize);
+    let index = wfe_controller::TargetIndex::default();
+    let (mut bytes, mut entries, mut settled) = (0usize, 0usize, 0usize);
     let mut lp = kube::api::ListParams::default().limit(500);
     loop {
         let page = api.list(&lp).await?;
         for mut w in page.items {
             entries += w.metadata.managed_fields.as_ref().map_or(0, Vec::len);
-            if strip {
-                w.metadata.managed_fields = None;
+            match mode {
+                "stripped" => w.metadata.managed_fields = None,
+                "kept" => {
+                    wfe_controller::cache::strip(&mut w);
+                    bytes += serde_json::to_vec(&w)?.len();
+                    index.insert(&w);
+                    if wfe_controller::cache::settled(&w) {
+                        settled += 1;
+                        continue;
+                    }
+                }
+                _ => {}
             }
-            bytes += serde_json::to_vec(&w)?.len();
+            if mode != "kept" {
+                bytes += serde_json::to_vec(&w)?.len();
+            }
             kept.push(std::sync::Arc::new(w));
         }
         match page.metadata.continue_.filter(|c| !c.is_empty()) {
@@ -347,20 +369,21 @@ pub async fn memory_probe(client: &Client, strip: bool) -> Result<ProbeOutput> {
             None => break,
         }
     }
-    let n = kept.len().max(1) as f64;
+    let n = (kept.len() + settled).max(1) as f64;
     Ok(ProbeOutput {
-        objects: kept.len(),
+        objects: kept.len() + settled,
         rss_growth_kib: rss()? - base,
         json_bytes: bytes as f64 / n,
         managed_fields_entries: entries as f64 / n,
+        settled,
     })
 }
 
-/// Runs the probe in two fresh processes (`args` are this run's arguments) and sums it up.
+/// Runs the probe in three fresh processes (`args` are this run's arguments) and sums it up.
 pub async fn memory_model(args: &[std::ffi::OsString]) -> Result<MemoryModel> {
     let exe = std::env::current_exe()?;
     let mut outputs = Vec::new();
-    for mode in ["full", "stripped"] {
+    for mode in ["full", "stripped", "kept"] {
         let out = tokio::process::Command::new(&exe)
             .args(args)
             .args(["--memory-probe", mode])
@@ -376,7 +399,7 @@ pub async fn memory_model(args: &[std::ffi::OsString]) -> Result<MemoryModel> {
             serde_json::from_slice(&out.stdout).context("the memory probe printed no result")?;
         outputs.push(p);
     }
-    let (full, stripped) = (&outputs[0], &outputs[1]);
+    let (full, stripped, as_kept) = (&outputs[0], &outputs[1], &outputs[2]);
     let per = |p: &ProbeOutput| r3(p.rss_growth_kib.max(0.0) / p.objects.max(1) as f64);
     Ok(MemoryModel {
         objects: full.objects,
@@ -385,5 +408,7 @@ pub async fn memory_model(args: &[std::ffi::OsString]) -> Result<MemoryModel> {
         managed_fields_entries: r3(full.managed_fields_entries),
         rss_kib_per_object: per(full),
         rss_kib_per_object_without_managed_fields: per(stripped),
+        rss_kib_per_object_as_kept: per(as_kept),
+        settled_share: r3(as_kept.settled as f64 / as_kept.objects.max(1) as f64),
     })
 }

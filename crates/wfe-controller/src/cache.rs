@@ -1,26 +1,18 @@
-//! What the WorkflowExecution cache keeps of each object.
+//! What the controller keeps of each WorkflowExecution it watches.
 //!
-//! The controller caches every WorkflowExecution it watches, and most of them are finished for
-//! good: terminal, lock released, every audit event acknowledged. Of those it only ever reads what
-//! the guards and the target index need, so the watch trims them on arrival ([`trim`]) to a
-//! summary a few hundred bytes large; `metadata.managedFields`, which nothing reads, is dropped
-//! from every object. A trimmed object is marked ([`is_summary`]); a settled object needs no write,
-//! and the reconciler refuses to write a status derived from a trimmed copy.
-//!
-//! An object leaves the summary form by itself: any change that gives the controller work (a
-//! clearance annotation, a deletion) arrives as a new version from the watch, which no longer
-//! qualifies as settled and is kept whole.
+//! Most WorkflowExecutions in a cluster are finished for good: terminal, lock released, every
+//! audit event acknowledged ([`settled`]). Nothing is left to do for them unless they change, and
+//! all that is ever read of them is the guard summary of their target. So the watch does not
+//! cache them: [`crate::TargetIndex`] keeps that summary instead (about a tenth of the memory of
+//! the object), and the object is taken out of the cache when it settles. A change that gives
+//! the controller work (a clearance annotation, a deletion) arrives as a new version, which is no
+//! longer settled and is cached and reconciled as usual. `metadata.managedFields`, which nothing
+//! reads, is dropped from every object on arrival ([`strip`]).
 
-use std::collections::BTreeMap;
-
-use kube::ResourceExt;
+use kube::{ResourceExt, runtime::watcher};
 use wfe_api::{CLEAR_BLOCK_ANNOTATION, Phase, WorkflowExecution};
 
-use crate::{audit, clearance::ATTESTATION_ANNOTATION};
-
-/// Marks an in-memory summary (never sent to the API server: status writes carry only the status
-/// and the resourceVersion).
-pub const SUMMARY_MARKER: &str = "we-operator.kubernaut.ai/cached-summary";
+use crate::{TargetIndex, audit};
 
 /// True when nothing is left to do for `wfe` unless it changes: terminal, its execution resource
 /// released (or never created), every audit event acknowledged, no clearance to record, not
@@ -40,86 +32,57 @@ pub fn settled(wfe: &WorkflowExecution) -> bool {
         && audit::pending(wfe).is_empty()
 }
 
-/// True for an object trimmed by [`trim`].
-pub fn is_summary(wfe: &WorkflowExecution) -> bool {
-    wfe.annotations().contains_key(SUMMARY_MARKER)
+/// Routes one event of the WorkflowExecution watch: records it in the index and returns the
+/// event the cache should see (a settled object leaves the cache: its `Apply` becomes a `Delete`,
+/// and it is not listed into it), plus the UID whose per-object memory can be dropped (settled or
+/// gone).
+pub fn route(
+    event: watcher::Event<WorkflowExecution>,
+    index: &TargetIndex,
+) -> (Option<watcher::Event<WorkflowExecution>>, Option<String>) {
+    use watcher::Event;
+    match event {
+        Event::Init => {
+            index.begin_relist();
+            (Some(Event::Init), None)
+        }
+        Event::InitDone => {
+            index.end_relist();
+            (Some(Event::InitDone), None)
+        }
+        Event::InitApply(o) => {
+            index.insert(&o);
+            if settled(&o) {
+                (None, None)
+            } else {
+                (Some(Event::InitApply(o)), None)
+            }
+        }
+        Event::Apply(o) => {
+            index.insert(&o);
+            if settled(&o) {
+                let uid = o.uid();
+                (Some(Event::Delete(o)), uid)
+            } else {
+                (Some(Event::Apply(o)), None)
+            }
+        }
+        Event::Delete(o) => {
+            index.remove(&o);
+            let uid = o.uid();
+            (Some(Event::Delete(o)), uid)
+        }
+    }
 }
 
-/// Prepares an object for the cache: drops `managedFields`, and trims a [`settled`] object to
-/// what the controller reads of it (identity, finalizers, the clearance annotations, engine,
-/// target, workflow id, and the status fields that guards, audit and lock release look at).
-pub fn trim(wfe: &mut WorkflowExecution) {
+/// Drops what nothing reads (`metadata.managedFields`, often half of an object).
+pub fn strip(wfe: &mut WorkflowExecution) {
     wfe.metadata.managed_fields = None;
-    if !settled(wfe) {
-        return;
-    }
-    let meta = &mut wfe.metadata;
-    meta.labels = None;
-    let mut kept: BTreeMap<String, String> = meta
-        .annotations
-        .take()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|(k, _)| k == CLEAR_BLOCK_ANNOTATION || k == ATTESTATION_ANNOTATION)
-        .collect();
-    kept.insert(SUMMARY_MARKER.into(), String::new());
-    meta.annotations = Some(kept);
-
-    let spec = &mut wfe.spec;
-    spec.parameters = BTreeMap::new();
-    spec.execution_config = None;
-    spec.rationale = None;
-    spec.confidence = None;
-    spec.remediation_request_ref = Default::default();
-    let r = &mut spec.workflow_ref;
-    r.version = String::new();
-    r.name = None;
-    r.container_image = String::new();
-    r.container_digest = None;
-    r.dependencies = None;
-    r.resources = None;
-    r.declared_parameter_names = None;
-
-    if let Some(s) = wfe.status.as_mut() {
-        s.conditions = Vec::new();
-        s.execution_status = None;
-        s.duration = None;
-        s.deduplicated_by = None;
-        if let Some(d) = s.failure_details.as_mut() {
-            d.message = String::new();
-            d.natural_language_summary = None;
-            d.failed_task_name = None;
-            d.failed_step_name = None;
-            d.execution_time_before_failure = None;
-        }
-        if let Some(c) = s.block_clearance.as_mut() {
-            c.clear_reason = String::new();
-        }
-    }
-    shrink(wfe);
-}
-
-fn shrink(wfe: &mut WorkflowExecution) {
-    let m = &mut wfe.metadata;
-    for s in [
-        &mut m.name,
-        &mut m.namespace,
-        &mut m.uid,
-        &mut m.resource_version,
-    ]
-    .into_iter()
-    .flatten()
-    {
-        s.shrink_to_fit();
-    }
-    wfe.spec.target_resource.shrink_to_fit();
-    wfe.spec.workflow_ref.workflow_id.shrink_to_fit();
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::guards::Prior;
     use serde_json::json;
 
     fn wfe(status: serde_json::Value, annotations: serde_json::Value) -> WorkflowExecution {
@@ -155,35 +118,76 @@ mod tests {
     }
 
     #[test]
-    fn settled_objects_are_trimmed_to_what_guards_audit_and_release_read() {
-        let full = wfe(
-            finished("Failed"),
-            json!({"kubectl.kubernetes.io/last-applied-configuration": "{...}"}),
+    fn settled_objects_leave_the_cache_and_stay_in_the_index() {
+        use kube::runtime::{reflector, watcher::Event};
+        let index = TargetIndex::default();
+        let (store, mut writer) = reflector::store::<WorkflowExecution>();
+        let mut apply = |e| {
+            let (routed, forget) = route(e, &index);
+            if let Some(ev) = &routed {
+                writer.apply_watcher_event(ev);
+            }
+            (routed.is_some(), forget)
+        };
+        let mut running = finished("Running");
+        running["lockReleasedTime"] = serde_json::Value::Null;
+        let live = wfe(running, json!({}));
+        let mut done = wfe(finished("Failed"), json!({}));
+        done.metadata.name = Some("old".into());
+        // Initial list: the settled one is only indexed.
+        apply(Event::Init);
+        assert_eq!(apply(Event::InitApply(live.clone())), (true, None));
+        assert_eq!(apply(Event::InitApply(done.clone())), (false, None));
+        apply(Event::InitDone);
+        let key = live.target_key();
+        assert_eq!(store.state().len(), 1);
+        let priors = index.priors(&key, &store);
+        assert_eq!(priors.len(), 2);
+        assert!(priors.contains(&crate::guards::Prior::of(&done)));
+        // The running one settles: it leaves the cache, its summary stays.
+        let settled_now = wfe(finished("Succeeded"), json!({}));
+        assert_eq!(
+            apply(Event::Apply(settled_now.clone())),
+            (true, Some("u-1".into()))
         );
-        assert!(settled(&full));
-        let mut t = full.clone();
-        trim(&mut t);
-        assert!(is_summary(&t));
-        assert_eq!(t.metadata.managed_fields, None);
-        assert_eq!(Prior::of(&t), Prior::of(&full), "the guards see the same");
-        assert_eq!(t.target_key(), full.target_key());
-        assert_eq!(t.engine(), full.engine());
-        assert_eq!(audit::due_types(&t), audit::due_types(&full));
-        assert!(audit::pending(&t).is_empty());
-        assert_eq!(t.finalizers(), full.finalizers());
-        assert_eq!(t.resource_version(), full.resource_version());
-        assert!(t.spec.parameters.is_empty() && t.status.as_ref().unwrap().conditions.is_empty());
-        assert!(settled(&t), "trimming is stable");
+        assert!(store.state().is_empty());
+        assert_eq!(index.priors(&key, &store).len(), 2);
+        assert!(index.live(&key, &store).is_empty());
+        // A clearance request makes the old one live again.
+        let mut cleared = done.clone();
+        cleared
+            .annotations_mut()
+            .insert(CLEAR_BLOCK_ANNOTATION.into(), "a reason".into());
+        assert_eq!(apply(Event::Apply(cleared)), (true, None));
+        assert_eq!(index.live(&key, &store).len(), 1);
+        // Deleted: gone from both.
+        apply(Event::Delete(settled_now));
+        assert_eq!(index.len(), 1);
+        // A relist that no longer contains `old` drops it.
+        apply(Event::Init);
+        apply(Event::InitDone);
+        assert!(index.is_empty());
     }
 
     #[test]
-    fn objects_with_work_left_are_kept_whole() {
+    fn finished_released_and_audited_is_settled() {
+        let mut full = wfe(finished("Failed"), json!({"x": "y"}));
+        assert!(settled(&full));
+        strip(&mut full);
+        assert_eq!(full.metadata.managed_fields, None);
+        assert!(settled(&full));
+    }
+
+    #[test]
+    fn objects_with_work_left_are_not_settled() {
         let mut running = finished("Running");
         running["lockReleasedTime"] = serde_json::Value::Null;
         let mut unreleased = finished("Succeeded");
         unreleased["lockReleasedTime"] = serde_json::Value::Null;
         let mut unaudited = finished("Failed");
         unaudited["auditDelivered"] = json!([]);
+        let mut deleting = wfe(finished("Failed"), json!({}));
+        deleting.metadata.deletion_timestamp = deleting.metadata.creation_timestamp.clone();
         let cases = [
             wfe(running, json!({})),
             wfe(unreleased, json!({})),
@@ -193,47 +197,23 @@ mod tests {
                 json!({CLEAR_BLOCK_ANNOTATION: "the memory limit was raised by hand after review"}),
             ),
             wfe(json!({"phase": "Pending"}), json!({})),
+            deleting,
         ];
         for c in cases {
-            let mut t = c.clone();
-            trim(&mut t);
-            assert!(!is_summary(&t), "{:?}", c.status);
-            assert_eq!(t.metadata.managed_fields, None, "managedFields always go");
-            let mut c = c;
-            c.metadata.managed_fields = None;
-            assert_eq!(
-                serde_json::to_value(&t).unwrap(),
-                serde_json::to_value(&c).unwrap(),
-                "nothing else changes"
-            );
+            assert!(!settled(&c), "{:?}", c.status);
         }
     }
 
     #[test]
-    fn a_recorded_clearance_keeps_the_annotations_the_controller_reads() {
+    fn a_recorded_clearance_settles_once_its_event_is_delivered() {
         let mut s = finished("Failed");
         s["blockClearance"] = json!({"clearedBy": "alice", "clearReason": "long reason", "clearMethod": "Annotation"});
+        let pending = wfe(s.clone(), json!({CLEAR_BLOCK_ANNOTATION: "reason"}));
+        assert!(!settled(&pending), "block.cleared not delivered yet");
         s["auditDelivered"]
             .as_array_mut()
             .unwrap()
             .push(json!("workflowexecution.block.cleared"));
-        let full = wfe(
-            s,
-            json!({CLEAR_BLOCK_ANNOTATION: "reason", ATTESTATION_ANNOTATION: "token", "other": "x"}),
-        );
-        let mut t = full.clone();
-        trim(&mut t);
-        assert!(is_summary(&t));
-        let a = t.annotations();
-        assert_eq!(
-            a.get(CLEAR_BLOCK_ANNOTATION).map(String::as_str),
-            Some("reason")
-        );
-        assert_eq!(
-            a.get(ATTESTATION_ANNOTATION).map(String::as_str),
-            Some("token")
-        );
-        assert!(!a.contains_key("other"));
-        assert_eq!(Prior::of(&t), Prior::of(&full));
+        assert!(settled(&wfe(s, json!({CLEAR_BLOCK_ANNOTATION: "reason"}))));
     }
 }

@@ -106,23 +106,12 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()> + Send + S
         None => Api::all(client.clone()),
     };
     let (reader, writer) = reflector::store();
+    let watch_config = if cfg.streaming_lists {
+        watcher::Config::default().streaming_lists()
+    } else {
+        watcher::Config::default()
+    };
     let index = Arc::new(TargetIndex::default());
-    let idx = index.clone();
-    let wfe_stream = reflector::reflector(
-        writer,
-        watcher(wfes, watcher::Config::default())
-            .default_backoff()
-            .modify(cache::trim),
-    )
-    .map_ok(move |event| {
-        match &event {
-            watcher::Event::Apply(o) | watcher::Event::InitApply(o) => idx.insert(o),
-            watcher::Event::Delete(o) => idx.remove(o),
-            watcher::Event::Init | watcher::Event::InitDone => {}
-        }
-        event
-    })
-    .applied_objects();
 
     // Execution resources wake their WorkflowExecution (label-filtered watches in the execution
     // namespace, started by each executor).
@@ -147,11 +136,29 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()> + Send + S
         registry,
         cfg.clone(),
         reader.clone(),
-        index,
+        index.clone(),
         audit,
         recorder,
         system_clock(),
     ));
+
+    // The cache holds the WorkflowExecutions with work left; settled ones only have their guard
+    // summary in the index (see `cache`).
+    let router = ctx.clone();
+    let wfe_stream = reflector::reflector(
+        writer,
+        watcher(wfes, watch_config)
+            .default_backoff()
+            .modify(cache::strip)
+            .try_filter_map(move |event| {
+                let (event, forget) = cache::route(event, &router.index);
+                if let Some(uid) = forget {
+                    router.forget(&uid);
+                }
+                futures::future::ready(Ok(event))
+            }),
+    )
+    .applied_objects();
 
     // Gauges and readiness from the cache.
     let gauge_store = reader.clone();

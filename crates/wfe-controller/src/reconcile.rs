@@ -51,6 +51,11 @@ pub struct ControllerConfig {
     /// The key that verifies the admission webhook's clearance attestations; without it every
     /// clearance is recorded as `clearedBy: unknown`.
     pub clearance_key: Option<crate::clearance::ClearanceKey>,
+    /// Fill the WorkflowExecution cache with a streaming list (a watch that sends the existing
+    /// objects first, Kubernetes WatchList) rather than paged lists: objects arrive one at a time,
+    /// so the start-up peak of memory does not grow with page size. Needs an API server that
+    /// serves WatchList (on by default in recent Kubernetes releases).
+    pub streaming_lists: bool,
 }
 
 impl Default for ControllerConfig {
@@ -62,6 +67,7 @@ impl Default for ControllerConfig {
             watch_namespace: None,
             execution_namespace: "kubernaut-workflows".into(),
             clearance_key: None,
+            streaming_lists: true,
         }
     }
 }
@@ -81,9 +87,6 @@ pub enum Error {
     /// Audit delivery failed; retried later.
     #[error("{0}")]
     Audit(#[from] audit::AuditError),
-    /// A status write was attempted from a trimmed cache entry (a bug; nothing was written).
-    #[error("WorkflowExecution {0}: refusing to write a status derived from a trimmed cache entry")]
-    Summary(String),
 }
 
 impl Error {
@@ -121,7 +124,6 @@ impl Error {
             Error::Executor(_) => "executor",
             Error::Finalizer(_) => "finalizer",
             Error::Audit(_) => "audit",
-            Error::Summary(_) => "internal",
         }
     }
 }
@@ -130,49 +132,119 @@ impl Error {
 pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
 
 /// Index of WorkflowExecutions by target key, maintained from the watch.
+///
+/// Objects with work left are indexed by reference and read from the cache. Settled ones
+/// ([`crate::cache::settled`]) are not cached at all: the index keeps the guard summary of each
+/// ([`Prior`]), which is all that is ever read of them.
 #[derive(Debug, Default)]
 pub struct TargetIndex {
-    map: Mutex<HashMap<TargetKey, HashSet<ObjectRef<WorkflowExecution>>>>,
+    inner: Mutex<IndexInner>,
+}
+
+#[derive(Debug, Default)]
+struct IndexInner {
+    map: HashMap<TargetKey, OnTarget>,
+    /// Incremented when the watch lists again; entries not seen again are dropped at its end.
+    epoch: u64,
+}
+
+#[derive(Debug, Default)]
+struct OnTarget {
+    live: Vec<(ObjectRef<WorkflowExecution>, u64)>,
+    settled: Vec<(Prior, u64)>,
 }
 
 impl TargetIndex {
-    /// Records an object.
+    fn inner(&self) -> std::sync::MutexGuard<'_, IndexInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records an object (replacing what was recorded for it).
     pub fn insert(&self, wfe: &WorkflowExecution) {
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(wfe.target_key()).or_default().insert(key_of(wfe));
+        let (r, id) = (key_of(wfe), id_of(wfe));
+        let mut inner = self.inner();
+        let epoch = inner.epoch;
+        let on = inner.map.entry(wfe.target_key()).or_default();
+        on.live.retain(|(x, _)| *x != r);
+        on.settled.retain(|(p, _)| p.id != id);
+        if crate::cache::settled(wfe) {
+            on.settled.push((Prior::of(wfe), epoch));
+            on.settled.shrink_to_fit();
+        } else {
+            on.live.push((r, epoch));
+            on.live.shrink_to_fit();
+        }
     }
 
     /// Forgets an object.
     pub fn remove(&self, wfe: &WorkflowExecution) {
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        let key = wfe.target_key();
-        if let Some(set) = map.get_mut(&key) {
-            set.remove(&key_of(wfe));
-            if set.is_empty() {
-                map.remove(&key);
+        let (r, id, key) = (key_of(wfe), id_of(wfe), wfe.target_key());
+        let mut inner = self.inner();
+        if let Some(on) = inner.map.get_mut(&key) {
+            on.live.retain(|(x, _)| *x != r);
+            on.settled.retain(|(p, _)| p.id != id);
+            if on.live.is_empty() && on.settled.is_empty() {
+                inner.map.remove(&key);
             }
         }
     }
 
-    /// The objects on a target that the store still holds.
-    pub fn on(
+    /// The watch starts listing again: what it does not list before [`Self::end_relist`] is gone.
+    pub fn begin_relist(&self) {
+        self.inner().epoch += 1;
+    }
+
+    /// The watch listed everything: drops what the list did not contain.
+    pub fn end_relist(&self) {
+        let mut inner = self.inner();
+        let epoch = inner.epoch;
+        inner.map.retain(|_, on| {
+            on.live.retain(|(_, e)| *e == epoch);
+            on.settled.retain(|(_, e)| *e == epoch);
+            !(on.live.is_empty() && on.settled.is_empty())
+        });
+    }
+
+    /// Guard summaries of every WorkflowExecution on a target.
+    pub fn priors(&self, key: &TargetKey, store: &Store<WorkflowExecution>) -> Vec<Prior> {
+        let inner = self.inner();
+        let Some(on) = inner.map.get(key) else {
+            return Vec::new();
+        };
+        on.live
+            .iter()
+            .filter_map(|(r, _)| store.get(r))
+            .map(|o| Prior::of(&o))
+            .chain(on.settled.iter().map(|(p, _)| p.clone()))
+            .collect()
+    }
+
+    /// The cached (not settled) WorkflowExecutions on a target.
+    pub fn live(
         &self,
         key: &TargetKey,
         store: &Store<WorkflowExecution>,
     ) -> Vec<Arc<WorkflowExecution>> {
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(set) = map.get_mut(key) else {
-            return Vec::new();
-        };
-        let mut found = Vec::with_capacity(set.len());
-        set.retain(|r| match store.get(r) {
-            Some(obj) => {
-                found.push(obj);
-                true
-            }
-            None => false,
-        });
-        found
+        let inner = self.inner();
+        inner
+            .map
+            .get(key)
+            .map(|on| on.live.iter().filter_map(|(r, _)| store.get(r)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Number of WorkflowExecutions indexed (cached and settled).
+    pub fn len(&self) -> usize {
+        self.inner()
+            .map
+            .values()
+            .map(|on| on.live.len() + on.settled.len())
+            .sum()
+    }
+
+    /// True when nothing is indexed.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -311,7 +383,8 @@ impl Context {
         entry.latest = Arc::new(after.clone());
     }
 
-    fn forget(&self, uid: &str) {
+    /// Drops what this process remembers of an object that is gone or settled.
+    pub fn forget(&self, uid: &str) {
         lock(&self.claims).retain(|_, (claimant, _)| claimant != uid);
         lock(&self.acked).remove(uid);
         lock(&self.audit_failures).remove(uid);
@@ -368,11 +441,6 @@ impl Context {
         wfe: &WorkflowExecution,
         mut status: WorkflowExecutionStatus,
     ) -> Result<WorkflowExecution, Error> {
-        if crate::cache::is_summary(wfe) {
-            // Settled objects are cached trimmed and never need a write; refuse rather than
-            // write a status derived from a trimmed copy.
-            return Err(Error::Summary(id_of(wfe)));
-        }
         let uid = wfe.uid().unwrap_or_default();
         let acked = lock(&self.acked).get(&uid).cloned();
         if let Some(acked) = &acked {
@@ -516,12 +584,7 @@ impl Context {
             return Ok(Action::await_change());
         }
         let now = self.now();
-        let mut others: Vec<Prior> = self
-            .index
-            .on(&key, &self.store)
-            .iter()
-            .map(|o| Prior::of(o))
-            .collect();
+        let mut others: Vec<Prior> = self.index.priors(&key, &self.store);
         if let Some(claim) = self.claim_on(&key, &wfe) {
             others.push(claim);
         }
@@ -590,7 +653,7 @@ impl Context {
         }
         let cached = self
             .index
-            .on(key, &self.store)
+            .live(key, &self.store)
             .into_iter()
             .find(|o| o.uid().as_deref() == Some(uid.as_str()));
         match cached {

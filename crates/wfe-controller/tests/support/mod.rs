@@ -125,6 +125,7 @@ impl Harness {
             watch_namespace: Some(ns.clone()),
             execution_namespace: exec_ns.clone(),
             clearance_key: None,
+            streaming_lists: true,
         };
         let mut h = Harness {
             client,
