@@ -2,7 +2,7 @@
 
 use std::{
     path::Path,
-    process::{Child, Command, ExitStatus},
+    process::{Child, ExitStatus},
     thread,
     time::{Duration, Instant},
 };
