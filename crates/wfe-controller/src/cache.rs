@@ -141,7 +141,7 @@ mod tests {
         apply(Event::InitDone);
         let key = live.target_key();
         assert_eq!(store.state().len(), 1);
-        let priors = index.priors(&key, &store);
+        let priors = index.priors(&key, &store, |o| o);
         assert_eq!(priors.len(), 2);
         assert!(priors.contains(&crate::guards::Prior::of(&done)));
         // The running one settles: it leaves the cache, its summary stays.
@@ -151,7 +151,7 @@ mod tests {
             (true, Some("u-1".into()))
         );
         assert!(store.state().is_empty());
-        assert_eq!(index.priors(&key, &store).len(), 2);
+        assert_eq!(index.priors(&key, &store, |o| o).len(), 2);
         assert!(index.live(&key, &store).is_empty());
         // A clearance request makes the old one live again.
         let mut cleared = done.clone();

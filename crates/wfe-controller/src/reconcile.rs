@@ -205,18 +205,25 @@ impl TargetIndex {
         });
     }
 
-    /// Guard summaries of every WorkflowExecution on a target.
-    pub fn priors(&self, key: &TargetKey, store: &Store<WorkflowExecution>) -> Vec<Prior> {
-        let inner = self.inner();
-        let Some(on) = inner.map.get(key) else {
-            return Vec::new();
+    /// Guard summaries of every WorkflowExecution on a target; `fresh` maps a cached object to
+    /// the newest copy known ([`Context::freshest`]).
+    pub fn priors(
+        &self,
+        key: &TargetKey,
+        store: &Store<WorkflowExecution>,
+        fresh: impl Fn(Arc<WorkflowExecution>) -> Arc<WorkflowExecution>,
+    ) -> Vec<Prior> {
+        let (live, mut priors) = {
+            let inner = self.inner();
+            let Some(on) = inner.map.get(key) else {
+                return Vec::new();
+            };
+            let live: Vec<_> = on.live.iter().filter_map(|(r, _)| store.get(r)).collect();
+            let settled: Vec<Prior> = on.settled.iter().map(|(p, _)| p.clone()).collect();
+            (live, settled)
         };
-        on.live
-            .iter()
-            .filter_map(|(r, _)| store.get(r))
-            .map(|o| Prior::of(&o))
-            .chain(on.settled.iter().map(|(p, _)| p.clone()))
-            .collect()
+        priors.extend(live.into_iter().map(|o| Prior::of(&fresh(o))));
+        priors
     }
 
     /// The cached (not settled) WorkflowExecutions on a target.
@@ -381,6 +388,26 @@ impl Context {
         });
         entry.superseded.insert(rv);
         entry.latest = Arc::new(after.clone());
+    }
+
+    /// Adds the cleanup finalizer; the object's resourceVersion is a precondition, so a stale copy
+    /// gets a conflict instead of overwriting a finalizer list that changed.
+    async fn add_finalizer(&self, wfe: &WorkflowExecution) -> Result<WorkflowExecution, Error> {
+        let mut finalizers = wfe.finalizers().to_vec();
+        finalizers.push(FINALIZER.to_string());
+        let patch = json!({
+            "metadata": {"resourceVersion": wfe.resource_version(), "finalizers": finalizers},
+        });
+        let updated = self
+            .api(wfe)
+            .patch(
+                &wfe.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await?;
+        self.remember_write(wfe, &updated);
+        Ok(updated)
     }
 
     /// Drops what this process remembers of an object that is gone or settled.
@@ -584,7 +611,7 @@ impl Context {
             return Ok(Action::await_change());
         }
         let now = self.now();
-        let mut others: Vec<Prior> = self.index.priors(&key, &self.store);
+        let mut others: Vec<Prior> = self.index.priors(&key, &self.store, |o| self.freshest(o));
         if let Some(claim) = self.claim_on(&key, &wfe) {
             others.push(claim);
         }
@@ -1209,7 +1236,14 @@ fn elapsed(start: &Option<Time>, end: &Option<Time>) -> Duration {
 
 /// Reconciles one WorkflowExecution.
 pub async fn reconcile(wfe: Arc<WorkflowExecution>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let wfe = ctx.freshest(wfe);
+    let mut wfe = ctx.freshest(wfe);
+    if wfe.metadata.deletion_timestamp.is_none() && !wfe.finalizers().iter().any(|f| f == FINALIZER)
+    {
+        // Added here rather than by the finalizer helper, which would return after the patch and
+        // leave the work to the reconcile that the patch triggers: dispatch goes on with the
+        // patched object instead of waiting for the watch to deliver it.
+        wfe = Arc::new(ctx.add_finalizer(&wfe).await?);
+    }
     let api = ctx.api(&wfe);
     finalizer(&api, FINALIZER, wfe, |event| async {
         match event {

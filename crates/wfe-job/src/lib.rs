@@ -17,7 +17,7 @@ mod status;
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -95,8 +95,8 @@ impl Default for JobConfig {
 pub struct JobExecutor {
     client: Client,
     cfg: Arc<JobConfig>,
-    /// Jobs of the execution namespace, once the watch runs.
-    cache: Arc<OnceLock<Store<Job>>>,
+    /// Jobs of the execution namespace, fed by the newest watch started with `changes`.
+    cache: Arc<Mutex<Option<Store<Job>>>>,
     /// Service accounts that existed, and when that was checked.
     accounts_seen: Arc<Mutex<HashMap<String, Instant>>>,
 }
@@ -149,7 +149,8 @@ impl JobExecutor {
     /// server (the cache may not have seen a new Job yet, or still show a replaced one).
     async fn job_of(&self, wfe: &WorkflowExecution) -> Result<Option<Job>, ExecutorError> {
         let name = execution_name_for(wfe);
-        if let Some(cache) = self.cache.get() {
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(cache) = cache {
             let cached = cache.get(&ObjectRef::new(&name).within(&self.cfg.namespace));
             if let Some(job) = cached.filter(|j| is_owned_by(&j.metadata, wfe)) {
                 return Ok(Some(Job::clone(&job)));
@@ -306,9 +307,9 @@ impl Executor for JobExecutor {
 
     fn changes(&self, client: Client, namespace: &str) -> Option<Changes> {
         let (store, writer) = watch::store::<Job>();
-        if self.cache.set(store).is_err() {
-            tracing::warn!("the Job watch was started twice; the first one feeds the cache");
-        }
+        // A watch started again (a new controller run) replaces the cache of the previous one,
+        // which is no longer fed.
+        *self.cache.lock().unwrap_or_else(|e| e.into_inner()) = Some(store);
         Some(watch::cached_changes(
             Api::namespaced(client, namespace),
             writer,

@@ -291,3 +291,64 @@ async fn delete_of_a_foreign_job_is_refused_and_stale_jobs_are_replaced() {
         Observation::Succeeded { .. }
     ));
 }
+
+/// With the executor's watch running, observations come from its cache; a cache that still shows
+/// the replaced Job of another owner must not make the new owner's Job look deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observations_from_the_watch_cache() {
+    use futures::StreamExt;
+    let e = env("job-cache").await;
+    let mut changes = e
+        .exec
+        .changes(e.client.clone(), &e.ns)
+        .expect("the Job backend watches Jobs");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let pump = tokio::spawn(async move {
+        while let Some(owner) = changes.next().await {
+            if tx.send(owner.name).is_err() {
+                break;
+            }
+        }
+    });
+    let a = e
+        .wfe("cache-a", "production/Deployment/cached", &[], None)
+        .await;
+    let b = e
+        .wfe("cache-b", "production/Deployment/cached", &[], None)
+        .await;
+    e.exec.create(&a).await.unwrap();
+    let woken = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+        .await
+        .expect("a change of the Job wakes its owner")
+        .unwrap();
+    assert_eq!(woken, "cache-a");
+    assert!(matches!(
+        e.finished(&a).await,
+        Observation::Succeeded { .. }
+    ));
+    // The owner records the outcome; b replaces the finished Job.
+    let wfes = Api::<WorkflowExecution>::namespaced(e.client.clone(), &e.ns);
+    let done = json!({"status": {"phase": "Succeeded", "completionTime": "2026-01-01T00:00:00Z"}});
+    wfes.patch_status(
+        "cache-a",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&done),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        e.exec.create(&b).await.unwrap(),
+        CreateOutcome::Created(_)
+    ));
+    // At once, before the watch may have delivered the replacement.
+    let first = e.exec.status(&b).await.unwrap();
+    assert!(
+        !matches!(first, Observation::DeletedExternally { .. }),
+        "{first:?}"
+    );
+    assert!(matches!(
+        e.finished(&b).await,
+        Observation::Succeeded { .. }
+    ));
+    pump.abort();
+}
