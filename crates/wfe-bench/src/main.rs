@@ -286,13 +286,19 @@ fn unix_ms(t: Instant) -> f64 {
 }
 
 /// Samples slower than 50 ms, and how many of them started within 400 ms after a whole second of
-/// the wall clock (40 % of them would by chance): the operator schedules lock releases at whole
-/// seconds (see docs/benchmarks.md).
+/// the wall clock (40 % of them would by chance; lock releases used to be scheduled at whole
+/// seconds, see docs/benchmarks.md), and how many overlap a stall of the API server: a create call
+/// of the driver itself that took more than 25 ms.
 fn slow_samples(o: &Observed) -> report::SlowSamples {
+    let stalls: Vec<(Instant, Instant)> = o
+        .create_sent
+        .iter()
+        .filter_map(|(n, a)| Some((*a, *o.create_done.get(n)?)))
+        .filter(|(a, b)| ms(b.saturating_duration_since(*a)) > 25.0)
+        .collect();
     let count = |from: &std::collections::HashMap<String, Instant>,
                  to: &std::collections::HashMap<String, Instant>| {
-        let mut over = 0;
-        let mut in_window = 0;
+        let (mut over, mut in_window, mut in_stall) = (0, 0, 0);
         for (n, a) in from {
             let Some(b) = to.get(n) else { continue };
             if ms(b.saturating_duration_since(*a)) > 50.0 {
@@ -300,18 +306,24 @@ fn slow_samples(o: &Observed) -> report::SlowSamples {
                 if unix_ms(*a).rem_euclid(1000.0) < 400.0 {
                     in_window += 1;
                 }
+                if stalls.iter().any(|(s, e)| s <= b && e >= a) {
+                    in_stall += 1;
+                }
             }
         }
-        (over, in_window)
+        (over, in_window, in_stall)
     };
-    let (dispatch_over_50ms, dispatch_started_in_window) = count(&o.create_sent, &o.job_seen);
-    let (completion_over_50ms, completion_started_in_window) =
+    let (dispatch_over_50ms, dispatch_started_in_window, dispatch_in_stall) =
+        count(&o.create_sent, &o.job_seen);
+    let (completion_over_50ms, completion_started_in_window, completion_in_stall) =
         count(&o.complete_sent, &o.succeeded);
     report::SlowSamples {
         dispatch_over_50ms,
         dispatch_started_in_window,
         completion_over_50ms,
         completion_started_in_window,
+        dispatch_in_stall,
+        completion_in_stall,
     }
 }
 
