@@ -524,6 +524,20 @@ impl Context {
         );
     }
 
+    /// Sets `AuditRecorded=False` with the delivery error.
+    fn mark_audit_failed(&self, status: &mut WorkflowExecutionStatus, e: &audit::AuditError) {
+        let g = status.observed_generation;
+        transitions::set_condition(
+            &mut status.conditions,
+            cond::AUDIT_RECORDED,
+            false,
+            "AuditFailed",
+            &e.to_string(),
+            g,
+            self.now(),
+        );
+    }
+
     /// Writes the outcome of an execution. The outcome follows from the execution resource's
     /// final state, so the audit events it makes due are delivered first and acknowledged in the
     /// same write; should the write fail, the retry finds the same outcome and the receiver
@@ -536,16 +550,7 @@ impl Context {
         let mut candidate = wfe.clone();
         candidate.status = Some(status.clone());
         if let Err(e) = self.send_due(&candidate).await {
-            let g = status.observed_generation;
-            transitions::set_condition(
-                &mut status.conditions,
-                cond::AUDIT_RECORDED,
-                false,
-                "AuditFailed",
-                &e.to_string(),
-                g,
-                self.now(),
-            );
+            self.mark_audit_failed(&mut status, &e);
         }
         let updated = self.write_status(wfe, status).await?;
         let mut recorded = lock(&self.outcome_recorded);
@@ -1145,16 +1150,7 @@ impl Context {
                     .is_none_or(|c| c.status != "False")
                 {
                     let mut status = wfe.status.clone().unwrap_or_default();
-                    let g = status.observed_generation;
-                    transitions::set_condition(
-                        &mut status.conditions,
-                        cond::AUDIT_RECORDED,
-                        false,
-                        "AuditFailed",
-                        &e.to_string(),
-                        g,
-                        self.now(),
-                    );
+                    self.mark_audit_failed(&mut status, &e);
                     let _ = self.write_status(wfe, status).await;
                 }
             }

@@ -78,6 +78,20 @@ impl Env {
             .unwrap()
     }
 
+    /// Records a success in a WorkflowExecution's status, as its controller would.
+    async fn record_success(&self, name: &str) {
+        let done =
+            json!({"status": {"phase": "Succeeded", "completionTime": "2026-01-01T00:00:00Z"}});
+        Api::<WorkflowExecution>::namespaced(self.client.clone(), &self.ns)
+            .patch_status(
+                name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&done),
+            )
+            .await
+            .unwrap();
+    }
+
     async fn finished(&self, w: &WorkflowExecution) -> Observation {
         let what = format!("execution of {} to finish", w.name_any());
         wfe_testing::wait_for(&what, Duration::from_secs(90), || async {
@@ -269,15 +283,7 @@ async fn delete_of_a_foreign_job_is_refused_and_stale_jobs_are_replaced() {
         CreateOutcome::HeldBy { .. }
     ));
     // Once the owner is terminal, the finished Job is stale for b: b replaces it.
-    let wfes = Api::<WorkflowExecution>::namespaced(e.client.clone(), &e.ns);
-    let done = json!({"status": {"phase": "Succeeded", "completionTime": "2026-01-01T00:00:00Z"}});
-    wfes.patch_status(
-        "owner-a",
-        &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(&done),
-    )
-    .await
-    .unwrap();
+    e.record_success("owner-a").await;
     match e.exec.create(&b).await.unwrap() {
         CreateOutcome::Created(_) => {}
         other => panic!("a finished Job of another execution must be replaced, got {other:?}"),
@@ -327,15 +333,7 @@ async fn observations_from_the_watch_cache() {
         Observation::Succeeded { .. }
     ));
     // The owner records the outcome; b replaces the finished Job.
-    let wfes = Api::<WorkflowExecution>::namespaced(e.client.clone(), &e.ns);
-    let done = json!({"status": {"phase": "Succeeded", "completionTime": "2026-01-01T00:00:00Z"}});
-    wfes.patch_status(
-        "cache-a",
-        &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(&done),
-    )
-    .await
-    .unwrap();
+    e.record_success("cache-a").await;
     assert!(matches!(
         e.exec.create(&b).await.unwrap(),
         CreateOutcome::Created(_)
