@@ -17,8 +17,10 @@ use kube::{
     },
 };
 use serde::de::DeserializeOwned;
+use std::sync::{Arc, Mutex};
+use wfe_api::WorkflowExecution;
 
-use crate::{LABEL_WORKFLOW_EXECUTION, Owner, owner_of};
+use crate::{LABEL_WORKFLOW_EXECUTION, Owner, is_owned_by, owner_of};
 
 /// The WorkflowExecutions whose execution resource changed, one item per change.
 pub type Changes = BoxStream<'static, Owner>;
@@ -90,4 +92,75 @@ where
     K: Resource<DynamicType = ()> + Clone + 'static,
 {
     reflector::store()
+}
+
+/// The execution resources of a backend kept in memory by its watch: start the watch with
+/// [`ResourceCache::changes`] (from [`Executor::changes`](crate::Executor::changes)) and read with
+/// [`ResourceCache::owned`]. A watch started again (a new controller run) replaces the cache of
+/// the previous one, which is no longer fed.
+pub struct ResourceCache<K: Resource<DynamicType = ()> + Clone + 'static> {
+    store: Arc<Mutex<Option<Store<K>>>>,
+}
+
+impl<K: Resource<DynamicType = ()> + Clone + 'static> Clone for ResourceCache<K> {
+    fn clone(&self) -> Self {
+        ResourceCache {
+            store: self.store.clone(),
+        }
+    }
+}
+
+impl<K: Resource<DynamicType = ()> + Clone + 'static> Default for ResourceCache<K> {
+    fn default() -> Self {
+        ResourceCache {
+            store: Arc::default(),
+        }
+    }
+}
+
+impl<K: Resource<DynamicType = ()> + Clone + 'static> std::fmt::Debug for ResourceCache<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let running = self
+            .store
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some();
+        f.debug_struct("ResourceCache")
+            .field("kind", &K::kind(&()))
+            .field("watching", &running)
+            .finish()
+    }
+}
+
+impl<K> ResourceCache<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    /// Starts the watch of `api` that feeds this cache ([`cached_changes`]).
+    pub fn changes(&self, api: Api<K>) -> Changes {
+        let (store, writer) = store::<K>();
+        *self.store.lock().unwrap_or_else(|e| e.into_inner()) = Some(store);
+        cached_changes(api, writer)
+    }
+
+    /// The cached resource `namespace/name` if it belongs to `wfe`. `None` says nothing for
+    /// sure: the watch may not have delivered a new resource yet, or may still show the replaced
+    /// resource of another owner, so a caller confirms with a read from the API server before it
+    /// reports the resource gone.
+    pub fn owned(&self, namespace: &str, name: &str, wfe: &WorkflowExecution) -> Option<Arc<K>> {
+        let store = self
+            .store
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()?;
+        store
+            .get(&reflector::ObjectRef::new(name).within(namespace))
+            .filter(|o| is_owned_by(o.meta(), wfe))
+    }
 }

@@ -34,7 +34,6 @@ use kube::{
     api::{
         DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions, PropagationPolicy,
     },
-    runtime::reflector::{ObjectRef, Store},
 };
 use wfe_api::{
     ExecutionEngine, ExecutionRef, ExecutionStatusSummary, FieldError, WorkflowExecution,
@@ -43,7 +42,7 @@ use wfe_api::{
 use wfe_executor::{
     CreateOutcome, DeleteOutcome, Executor, ExecutorError, Observation, Owner, execution_name_for,
     is_already_exists, is_not_found, is_owned_by, owner_of, owner_settled,
-    watch::{self, Changes},
+    watch::{Changes, ResourceCache},
 };
 
 pub use build::{
@@ -95,8 +94,8 @@ impl Default for JobConfig {
 pub struct JobExecutor {
     client: Client,
     cfg: Arc<JobConfig>,
-    /// Jobs of the execution namespace, fed by the newest watch started with `changes`.
-    cache: Arc<Mutex<Option<Store<Job>>>>,
+    /// Jobs of the execution namespace, fed by the watch started with `changes`.
+    cache: ResourceCache<Job>,
     /// Service accounts that existed, and when that was checked.
     accounts_seen: Arc<Mutex<HashMap<String, Instant>>>,
 }
@@ -115,7 +114,7 @@ impl JobExecutor {
         JobExecutor {
             client,
             cfg: Arc::new(cfg),
-            cache: Arc::default(),
+            cache: ResourceCache::default(),
             accounts_seen: Arc::default(),
         }
     }
@@ -149,12 +148,8 @@ impl JobExecutor {
     /// server (the cache may not have seen a new Job yet, or still show a replaced one).
     async fn job_of(&self, wfe: &WorkflowExecution) -> Result<Option<Job>, ExecutorError> {
         let name = execution_name_for(wfe);
-        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some(cache) = cache {
-            let cached = cache.get(&ObjectRef::new(&name).within(&self.cfg.namespace));
-            if let Some(job) = cached.filter(|j| is_owned_by(&j.metadata, wfe)) {
-                return Ok(Some(Job::clone(&job)));
-            }
+        if let Some(job) = self.cache.owned(&self.cfg.namespace, &name, wfe) {
+            return Ok(Some(Job::clone(&job)));
         }
         self.get_job(&name).await
     }
@@ -306,14 +301,7 @@ impl Executor for JobExecutor {
     }
 
     fn changes(&self, client: Client, namespace: &str) -> Option<Changes> {
-        let (store, writer) = watch::store::<Job>();
-        // A watch started again (a new controller run) replaces the cache of the previous one,
-        // which is no longer fed.
-        *self.cache.lock().unwrap_or_else(|e| e.into_inner()) = Some(store);
-        Some(watch::cached_changes(
-            Api::namespaced(client, namespace),
-            writer,
-        ))
+        Some(self.cache.changes(Api::namespaced(client, namespace)))
     }
 
     fn initial_summary(&self) -> Option<ExecutionStatusSummary> {

@@ -15,6 +15,7 @@ use wfe_api::{ExecutionEngine, ExecutionRef, FieldError, WorkflowExecution};
 use wfe_executor::{
     Availability, CreateOutcome, DeleteOutcome, Executor, ExecutorError, Observation, Owner,
     execution_name_for, is_already_exists, is_not_found, is_owned_by, owner_of,
+    watch::{Changes, ResourceCache},
 };
 
 use crate::{
@@ -93,6 +94,8 @@ pub struct TektonExecutor {
     config: TektonConfig,
     availability: Arc<Mutex<AvailabilityCache>>,
     recheck: Duration,
+    /// PipelineRuns of the execution namespace, fed by the watch started with `changes`.
+    cache: ResourceCache<PipelineRun>,
 }
 
 impl std::fmt::Debug for TektonExecutor {
@@ -113,6 +116,7 @@ impl TektonExecutor {
             config,
             availability: Arc::default(),
             recheck: AVAILABILITY_RECHECK,
+            cache: ResourceCache::default(),
         }
     }
 
@@ -189,6 +193,16 @@ impl TektonExecutor {
                 e,
             )),
         }
+    }
+
+    /// The PipelineRun of `wfe`: from the watch cache when it holds one owned by `wfe`, else from
+    /// the API server (the cache may not have seen a new run yet, or still show a replaced one).
+    async fn run_of(&self, wfe: &WorkflowExecution) -> Result<Option<PipelineRun>, ExecutorError> {
+        let name = execution_name_for(wfe);
+        if let Some(pr) = self.cache.owned(&self.config.namespace, &name, wfe) {
+            return Ok(Some(PipelineRun::clone(&pr)));
+        }
+        self.get(&name).await
     }
 
     /// Reads the TaskRuns among the children of `pr`, by name. Missing TaskRuns (already garbage
@@ -334,6 +348,12 @@ impl Executor for TektonExecutor {
         Some(kube::core::ApiResource::erase::<PipelineRun>(&()))
     }
 
+    /// Watches whole PipelineRuns (label-filtered, `managedFields` dropped) and keeps them for
+    /// `status` and `delete`; until Tekton is installed the watch retries with backoff.
+    fn changes(&self, client: Client, namespace: &str) -> Option<Changes> {
+        Some(self.cache.changes(Api::namespaced(client, namespace)))
+    }
+
     /// Available when the API server serves `pipelineruns` in `tekton.dev/v1` (API discovery,
     /// which every authenticated client may read). A positive answer is kept; a negative one is
     /// re-checked after [`AVAILABILITY_RECHECK`], so Tekton installed later is noticed without a
@@ -444,7 +464,7 @@ impl Executor for TektonExecutor {
             kind: RESOURCE_KIND.to_string(),
             name: name.clone(),
         };
-        let Some(pr) = self.get(&name).await? else {
+        let Some(pr) = self.run_of(wfe).await? else {
             return Ok(deleted());
         };
         if !is_owned_by(&pr.metadata, wfe) {
@@ -457,7 +477,7 @@ impl Executor for TektonExecutor {
 
     async fn delete(&self, wfe: &WorkflowExecution) -> Result<DeleteOutcome, ExecutorError> {
         let name = execution_name_for(wfe);
-        let Some(pr) = self.get(&name).await? else {
+        let Some(pr) = self.run_of(wfe).await? else {
             return Ok(DeleteOutcome::NotFound);
         };
         if !is_owned_by(&pr.metadata, wfe) {

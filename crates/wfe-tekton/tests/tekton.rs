@@ -649,3 +649,50 @@ async fn a_pipeline_run_we_did_not_create_is_never_touched() {
     let still = env.pipeline_runs().get(&name).await.expect("still there");
     assert_eq!(owner_of(&still.metadata), None);
 }
+
+/// With the executor's watch running, a change of a PipelineRun wakes its owner and `status`
+/// answers from the watch's cache with the state the change carried.
+#[tokio::test]
+async fn observations_from_the_watch_cache() {
+    use futures::StreamExt;
+    let env = env().await;
+    let mut changes = env
+        .executor
+        .changes(env.client.clone(), &env.exec_ns)
+        .expect("the Tekton backend watches PipelineRuns");
+    let wfe = create_wfe(&env.client, &env.wfe_ns, "cached", "prod/Deployment/cached").await;
+    let name = env.create_expecting_created(&wfe).await;
+    let woken = tokio::time::timeout(Duration::from_secs(30), changes.next())
+        .await
+        .expect("the new PipelineRun wakes its owner")
+        .expect("the watch goes on");
+    assert_eq!(woken.name, "cached");
+    env.patch_pr_status(
+        &name,
+        serde_json::json!({
+            "completionTime": "2026-01-01T00:03:00Z",
+            "conditions": [{"type": "Succeeded", "status": "True", "reason": "Succeeded",
+                            "message": "Tasks Completed: 1 (Failed: 0, Cancelled 0), Skipped: 0"}]
+        }),
+    )
+    .await;
+    // The change arrives through the watch; once it did, the cache holds the finished run.
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(owner) = changes.next().await {
+            assert_eq!(owner.name, "cached");
+            if matches!(
+                env.executor.status(&wfe).await.expect("status"),
+                Observation::Succeeded { .. }
+            ) {
+                return;
+            }
+        }
+        panic!("the watch ended");
+    })
+    .await
+    .expect("the completion is observed");
+    assert_eq!(
+        env.executor.delete(&wfe).await.expect("delete"),
+        DeleteOutcome::Deleted
+    );
+}
