@@ -40,6 +40,9 @@ use tracker::{Observed, Tracker};
 
 /// How long a Job "runs" before the driver completes it.
 const HOLD: Duration = Duration::from_secs(1);
+/// A steady workload is preceded by this long at the same rate, not measured, so that it measures
+/// a warm operator (connections open, first pre-flight checks done).
+const WARMUP: Duration = Duration::from_secs(3);
 
 #[derive(Parser, Debug)]
 #[command(
@@ -396,6 +399,12 @@ impl Bench {
         let op = Operator::start(&self.launch, setup::BENCH_NS, prefix).await?;
         op.settle(Duration::from_millis(300), 0.01, Duration::from_secs(10))
             .await;
+        if let Load::Steady { rate, .. } = load {
+            let warm = Arc::new(Tracker::start(&self.client, "warmup", HOLD).await?);
+            let n = workload::steady(&self.client, &warm, "warmup", rate, WARMUP).await;
+            warm.wait_finished(n, Duration::from_secs(60)).await;
+            warm.finish();
+        }
         let n = load.count();
         let (w, hwm) = self
             .measure(&op, &tracker, name, prefix, description, load, n)
@@ -743,9 +752,10 @@ async fn main() -> Result<()> {
     }
     let steady_name = format!("steady-{}/s", plan.steady_rate);
     let steady_description = format!(
-        "{} executions/s for {} s",
+        "{} executions/s for {} s (after {} s at that rate to warm up, not measured)",
         plan.steady_rate,
-        plan.steady_for.as_secs()
+        plan.steady_for.as_secs(),
+        WARMUP.as_secs()
     );
     if runs(Phase::Steady) {
         workloads.push(
