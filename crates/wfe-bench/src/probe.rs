@@ -351,8 +351,7 @@ pub async fn memory_probe(client: &Client, mode: &str) -> Result<ProbeOutput> {
                 "kept" => {
                     wfe_controller::cache::strip(&mut w);
                     bytes += serde_json::to_vec(&w)?.len();
-                    index.insert(&w);
-                    if wfe_controller::cache::settled(&w) {
+                    if index.insert(&w) {
                         settled += 1;
                         continue;
                     }

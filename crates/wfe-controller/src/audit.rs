@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
-use wfe_api::{FailureReason, Phase, WorkflowExecution};
+use wfe_api::{FailureReason, Phase, WorkflowExecution, WorkflowExecutionStatus};
 
 /// Event types.
 pub mod types {
@@ -76,9 +76,18 @@ pub fn event_id(uid: &str, event_type: &str) -> String {
 
 /// The audit event types due for a WorkflowExecution in its current state, in lifecycle order.
 pub fn due_types(wfe: &WorkflowExecution) -> Vec<&'static str> {
-    let Some(status) = wfe.status.as_ref() else {
-        return Vec::new();
-    };
+    wfe.status.as_ref().map(due_types_of).unwrap_or_default()
+}
+
+/// True when every audit event a status makes due is acknowledged in it.
+pub fn all_delivered(status: &WorkflowExecutionStatus) -> bool {
+    due_types_of(status)
+        .iter()
+        .all(|t| status.audit_delivered.iter().any(|d| d == t))
+}
+
+/// The audit event types a status makes due, in lifecycle order.
+pub fn due_types_of(status: &WorkflowExecutionStatus) -> Vec<&'static str> {
     let mut due = Vec::new();
     if status.execution_ref.is_some() && status.start_time.is_some() {
         due.push(types::SELECTION_COMPLETED);

@@ -29,7 +29,7 @@ pub fn settled(wfe: &WorkflowExecution) -> bool {
         && (status.execution_ref.is_none() || status.lock_released_time.is_some())
         && wfe.metadata.deletion_timestamp.is_none()
         && !clearance_requested
-        && audit::pending(wfe).is_empty()
+        && audit::all_delivered(status)
 }
 
 /// Routes one event of the WorkflowExecution watch: records it in the index and returns the
@@ -51,16 +51,14 @@ pub fn route(
             (Some(Event::InitDone), None)
         }
         Event::InitApply(o) => {
-            index.insert(&o);
-            if settled(&o) {
+            if index.insert(&o) {
                 (None, None)
             } else {
                 (Some(Event::InitApply(o)), None)
             }
         }
         Event::Apply(o) => {
-            index.insert(&o);
-            if settled(&o) {
+            if index.insert(&o) {
                 let uid = o.uid();
                 (Some(Event::Delete(o)), uid)
             } else {

@@ -159,21 +159,24 @@ impl TargetIndex {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records an object (replacing what was recorded for it).
-    pub fn insert(&self, wfe: &WorkflowExecution) {
+    /// Records an object (replacing what was recorded for it); true when it is settled (kept as
+    /// its guard summary only).
+    pub fn insert(&self, wfe: &WorkflowExecution) -> bool {
         let (r, id) = (key_of(wfe), id_of(wfe));
         let mut inner = self.inner();
         let epoch = inner.epoch;
         let on = inner.map.entry(wfe.target_key()).or_default();
         on.live.retain(|(x, _)| *x != r);
         on.settled.retain(|(p, _)| p.id != id);
-        if crate::cache::settled(wfe) {
+        let settled = crate::cache::settled(wfe);
+        if settled {
             on.settled.push((Prior::of(wfe), epoch));
             on.settled.shrink_to_fit();
         } else {
             on.live.push((r, epoch));
             on.live.shrink_to_fit();
         }
+        settled
     }
 
     /// Forgets an object.
@@ -378,16 +381,17 @@ impl Context {
         let (Some(uid), Some(rv)) = (after.uid(), before.resource_version()) else {
             return;
         };
+        let latest = Arc::new(after.clone());
         let mut recent = lock(&self.recent);
         if recent.len() >= MAX_TRACKED {
             recent.clear();
         }
         let entry = recent.entry(uid).or_insert_with(|| Recent {
             superseded: HashSet::new(),
-            latest: Arc::new(after.clone()),
+            latest: latest.clone(),
         });
         entry.superseded.insert(rv);
-        entry.latest = Arc::new(after.clone());
+        entry.latest = latest;
     }
 
     /// Adds the cleanup finalizer; the object's resourceVersion is a precondition, so a stale copy
@@ -473,7 +477,7 @@ impl Context {
         if let Some(acked) = &acked {
             merge_delivered(&mut status, acked);
         }
-        self.mark_audit_recorded(wfe, &mut status);
+        self.mark_audit_recorded(&mut status);
         let patch = json!({
             "metadata": {"resourceVersion": wfe.resource_version()},
             "status": status,
@@ -495,16 +499,11 @@ impl Context {
 
     /// Sets `AuditRecorded=True` in a terminal status once every event due is acknowledged, so
     /// that the acknowledgement travels with the write that is made anyway.
-    fn mark_audit_recorded(&self, wfe: &WorkflowExecution, status: &mut WorkflowExecutionStatus) {
+    fn mark_audit_recorded(&self, status: &mut WorkflowExecutionStatus) {
         if !status.phase.is_some_and(|p| p.is_terminal()) {
             return;
         }
-        let mut candidate = wfe.clone();
-        candidate.status = Some(status.clone());
-        let all_delivered = audit::due_types(&candidate)
-            .iter()
-            .all(|t| status.audit_delivered.iter().any(|d| d == t));
-        if !all_delivered {
+        if !audit::all_delivered(status) {
             return;
         }
         let g = status.observed_generation;

@@ -57,19 +57,30 @@ pub fn metadata_changes(client: Client, namespace: &str, resource: &ApiResource)
     owners(resource.kind.clone(), stream)
 }
 
-/// A watch of whole objects that also fills `writer`, so that a backend reads the current state
-/// of its resources from memory instead of asking the API server on every reconcile.
-/// `managedFields` are dropped on arrival: nothing reads them and they are a large share of
-/// every object.
-pub fn cached_changes<K>(api: Api<K>, writer: reflector::store::Writer<K>) -> Changes
-where
+/// What a watch of whole objects needs of their type (every typed Kubernetes resource has it).
+pub trait Watched:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static
+{
+}
+
+impl<K> Watched for K where
     K: Resource<DynamicType = ()>
         + Clone
         + DeserializeOwned
         + std::fmt::Debug
         + Send
         + Sync
-        + 'static,
+        + 'static
+{
+}
+
+/// A watch of whole objects that also fills `writer`, so that a backend reads the current state
+/// of its resources from memory instead of asking the API server on every reconcile.
+/// `managedFields` are dropped on arrival: nothing reads them and they are a large share of
+/// every object.
+pub fn cached_changes<K>(api: Api<K>, writer: reflector::store::Writer<K>) -> Changes
+where
+    K: Watched,
 {
     let kind = K::kind(&()).to_string();
     let stream = reflector::reflector(
@@ -84,14 +95,6 @@ where
     .touched_objects()
     .map(|r| r.map(|o: K| o.meta().clone()));
     owners(kind, stream)
-}
-
-/// A reflector store and its writer, for [`cached_changes`].
-pub fn store<K>() -> (Store<K>, reflector::store::Writer<K>)
-where
-    K: Resource<DynamicType = ()> + Clone + 'static,
-{
-    reflector::store()
 }
 
 /// The execution resources of a backend kept in memory by its watch: start the watch with
@@ -134,17 +137,11 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> std::fmt::Debug for Resour
 
 impl<K> ResourceCache<K>
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
 {
     /// Starts the watch of `api` that feeds this cache ([`cached_changes`]).
     pub fn changes(&self, api: Api<K>) -> Changes {
-        let (store, writer) = store::<K>();
+        let (store, writer) = reflector::store::<K>();
         *self.store.lock().unwrap_or_else(|e| e.into_inner()) = Some(store);
         cached_changes(api, writer)
     }

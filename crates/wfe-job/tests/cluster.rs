@@ -298,10 +298,11 @@ async fn delete_of_a_foreign_job_is_refused_and_stale_jobs_are_replaced() {
     ));
 }
 
-/// With the executor's watch running, observations come from its cache; a cache that still shows
-/// the replaced Job of another owner must not make the new owner's Job look deleted.
+/// With the executor's watch running (the cache `status` reads first), a change of a Job wakes
+/// its owner, and a cache that may still show the replaced Job of another owner does not make the
+/// new owner's Job look deleted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn observations_from_the_watch_cache() {
+async fn observations_while_the_watch_runs() {
     use futures::StreamExt;
     let e = env("job-cache").await;
     let mut changes = e

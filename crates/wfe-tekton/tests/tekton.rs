@@ -121,6 +121,15 @@ impl Env {
     }
 }
 
+/// The status Tekton writes on a PipelineRun whose tasks all succeeded.
+fn succeeded_status() -> serde_json::Value {
+    serde_json::json!({
+        "completionTime": "2026-01-01T00:03:00Z",
+        "conditions": [{"type": "Succeeded", "status": "True", "reason": "Succeeded",
+                        "message": "Tasks Completed: 1 (Failed: 0, Cancelled 0), Skipped: 0"}]
+    })
+}
+
 fn failed(observation: Observation) -> (wfe_api::ExecutionStatusSummary, wfe_executor::Failure) {
     match observation {
         Observation::Failed {
@@ -275,15 +284,7 @@ async fn status_subresource_mapping() {
     }
 
     // True: succeeded, with the completion time.
-    env.patch_pr_status(
-        &name,
-        serde_json::json!({
-            "completionTime": "2026-01-01T00:03:00Z",
-            "conditions": [{"type": "Succeeded", "status": "True", "reason": "Succeeded",
-                            "message": "Tasks Completed: 1 (Failed: 0, Cancelled 0), Skipped: 0"}]
-        }),
-    )
-    .await;
+    env.patch_pr_status(&name, succeeded_status()).await;
     match env.executor.status(&wfe).await.expect("status") {
         Observation::Succeeded {
             summary,
@@ -650,10 +651,10 @@ async fn a_pipeline_run_we_did_not_create_is_never_touched() {
     assert_eq!(owner_of(&still.metadata), None);
 }
 
-/// With the executor's watch running, a change of a PipelineRun wakes its owner and `status`
-/// answers from the watch's cache with the state the change carried.
+/// With the executor's watch running (the cache `status` reads first), a change of a PipelineRun
+/// wakes its owner and `status` reports the state that change carried.
 #[tokio::test]
-async fn observations_from_the_watch_cache() {
+async fn observations_while_the_watch_runs() {
     use futures::StreamExt;
     let env = env().await;
     let mut changes = env
@@ -667,15 +668,7 @@ async fn observations_from_the_watch_cache() {
         .expect("the new PipelineRun wakes its owner")
         .expect("the watch goes on");
     assert_eq!(woken.name, "cached");
-    env.patch_pr_status(
-        &name,
-        serde_json::json!({
-            "completionTime": "2026-01-01T00:03:00Z",
-            "conditions": [{"type": "Succeeded", "status": "True", "reason": "Succeeded",
-                            "message": "Tasks Completed: 1 (Failed: 0, Cancelled 0), Skipped: 0"}]
-        }),
-    )
-    .await;
+    env.patch_pr_status(&name, succeeded_status()).await;
     // The change arrives through the watch; once it did, the cache holds the finished run.
     tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(owner) = changes.next().await {
