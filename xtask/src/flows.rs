@@ -108,7 +108,17 @@ fn works(program: &str, args: &[&str]) -> bool {
 }
 
 /// Licenses, banned crates and sources (`deny.toml`), installing cargo-deny when missing.
+///
+/// cargo-deny reads `cargo metadata` for every platform of Cargo.lock, while a build downloads
+/// only the host's crates: fetch every locked crate first, so that the offline check also runs
+/// on a machine whose cargo cache has never seen the other platforms.
 fn supply_chain(root: &Path) -> Result<()> {
+    run(
+        root,
+        "fetch every locked crate (all platforms)",
+        "cargo",
+        &["fetch", "--locked"],
+    )?;
     if !works("cargo", &["deny", "--version"]) {
         run(
             root,

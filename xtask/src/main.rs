@@ -3,6 +3,7 @@
 mod bench;
 mod cluster;
 mod flows;
+mod fresh;
 
 use std::path::PathBuf;
 
@@ -58,6 +59,9 @@ enum Cmd {
     },
     /// Measure the release operator on the local control plane (docs/benchmarks.md; not run by `test`).
     Bench(bench::Args),
+    /// The README's two commands (demo, test) on a clone of HEAD with empty HOME, cargo and Go
+    /// caches, as on a new machine; prints the cold times.
+    FreshCheck(fresh::Args),
     /// The local Kubernetes control plane for tests (see docs/controlplane.md).
     Cluster {
         #[command(subcommand)]
@@ -111,6 +115,7 @@ fn main() -> Result<()> {
             keep_cluster,
         } => flows::chaos(&repo_root(), executions, kills, keep_cluster),
         Cmd::Bench(args) => bench::run(&repo_root(), args),
+        Cmd::FreshCheck(args) => fresh::run(&repo_root(), args),
     }
 }
 

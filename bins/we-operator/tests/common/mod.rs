@@ -256,9 +256,7 @@ impl Operator {
 
     /// Whether `/readyz` says this replica leads.
     pub async fn is_leader(&self) -> bool {
-        http_get(&format!("{}/readyz", self.health))
-            .await
-            .is_some_and(|(code, body)| code == 200 && body.starts_with("ok: leader"))
+        is_leader_at(&self.health).await
     }
 
     pub fn pid(&self) -> u32 {
@@ -277,6 +275,13 @@ impl Operator {
             .expect("exits after SIGTERM")
             .unwrap()
     }
+}
+
+/// Whether the replica whose health endpoint is `health` says it leads.
+pub async fn is_leader_at(health: &str) -> bool {
+    http_get(&format!("{health}/readyz"))
+        .await
+        .is_some_and(|(code, body)| code == 200 && body.starts_with("ok: leader"))
 }
 
 pub async fn http_get(url: &str) -> Option<(u16, String)> {
