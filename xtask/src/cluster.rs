@@ -1,17 +1,21 @@
 //! `cargo xtask cluster ...`: a real Kubernetes control plane for tests, built from Go
 //! modules (see docs/controlplane.md).
 //!
-//! * `build`  builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok
-//!   from the wrapper modules in `xtask/controlplane/*` into a cache outside the clone,
-//!   keyed by the pinned versions, and downloads the Tekton module for its CRDs.
+//! * `build`  builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok, the
+//!   Tekton Pipelines controller and resolvers and an OCI registry from the wrapper modules in
+//!   `xtask/controlplane/*` into a cache outside the clone, keyed by the pinned versions.
 //! * `up`     starts etcd and kube-apiserver on free loopback ports (plus, with `--nodes`,
-//!   kube-controller-manager, kube-scheduler and kwok with one fake node), writes
+//!   kube-controller-manager, kube-scheduler, kwok with one fake node, the OCI registry with the
+//!   workflow bundles published in it, and Tekton's controller and resolvers), writes
 //!   `target/wfe-cluster/kubeconfig` and installs our CRDs and Tekton's.
 //! * `down`   stops, by pid, what `up` started and removes `target/wfe-cluster`.
 //! * `status` prints the components, their pids, memory and health.
 
 mod http;
 mod pki;
+mod tekton;
+
+pub use tekton::BUNDLES_FILE;
 
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
@@ -37,7 +41,6 @@ pub const KUBECONFIG: &str = "target/wfe-cluster/kubeconfig";
 /// Guards `up` and `down` against each other (kept outside the state dir, which `down` removes).
 const LOCK_FILE: &str = "target/wfe-cluster.lock";
 const TEKTON_MODULE: &str = "github.com/tektoncd/pipeline";
-const TEKTON_VERSION: &str = "v1.15.0";
 const NODE_NAME: &str = "kwok-node-0";
 const FIELD_MANAGER: &str = "wfe-xtask";
 /// Controllers run by kube-controller-manager with `--nodes`.
@@ -101,7 +104,7 @@ fn restart(root: &Path, name: &str) -> Result<()> {
     let started = Instant::now();
     stop_components(&mut state, &[name])?;
     // Keep the start order of the state file.
-    let fresh = spawn(&paths, name, &c.binary, &c.args)?;
+    let fresh = spawn(&paths, name, &c.binary, &c.args, &c.env)?;
     state.components.push(fresh);
     state.save(&paths)?;
     wait_healthy(&state, &paths, name, Duration::from_secs(90))?;
@@ -129,7 +132,7 @@ impl Versions {
             kubernetes: gomod_version(&cp.join("k8s/go.mod"), "k8s.io/kubernetes")?,
             etcd: gomod_version(&cp.join("etcd/go.mod"), "go.etcd.io/etcd/server/v3")?,
             kwok: gomod_version(&cp.join("kwok/go.mod"), "sigs.k8s.io/kwok")?,
-            tekton: TEKTON_VERSION.to_string(),
+            tekton: gomod_version(&cp.join("tekton/go.mod"), TEKTON_MODULE)?,
         })
     }
 
@@ -314,6 +317,7 @@ fn build(root: &Path) -> Result<Built> {
         eprintln!("  kubernetes built in {:.0?}", t.elapsed());
     }
 
+    tekton::build(&cp.join("tekton"), &bin, &versions.tekton)?;
     let tekton_crds = tekton_crds(&versions)?;
     eprintln!("control plane binaries ready in {:.1?}", started.elapsed());
     Ok(Built {
@@ -367,6 +371,14 @@ struct Ports {
     controller_manager: u16,
     scheduler: u16,
     kwok: u16,
+    /// The OCI registry (`--nodes`).
+    #[serde(default)]
+    registry: u16,
+    /// Probe ports of Tekton's controller and resolvers (`--nodes`).
+    #[serde(default)]
+    tekton_controller: u16,
+    #[serde(default)]
+    tekton_resolvers: u16,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -378,6 +390,9 @@ struct Component {
     /// The command line, so that one component can be restarted alone.
     #[serde(default)]
     args: Vec<String>,
+    /// Environment variables set for it, beyond the inherited ones.
+    #[serde(default)]
+    env: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -490,6 +505,18 @@ impl State {
                     bail!("node {NODE_NAME} is not Ready")
                 }
             }
+            "registry" => {
+                Endpoint::http(self.ports.registry).get_ok("/v2/")?;
+                Ok("/v2/ ok".into())
+            }
+            "tekton-controller" => {
+                Endpoint::http(self.ports.tekton_controller).get_ok("/health")?;
+                Ok("/health ok".into())
+            }
+            "tekton-resolvers" => {
+                Endpoint::http(self.ports.tekton_resolvers).get_ok("/health")?;
+                Ok("/health ok".into())
+            }
             other => bail!("unknown component {other}"),
         }
     }
@@ -503,7 +530,15 @@ impl State {
 }
 
 const CORE: [&str; 2] = ["etcd", "kube-apiserver"];
-const NODE_COMPONENTS: [&str; 3] = ["kube-controller-manager", "kube-scheduler", "kwok"];
+/// Started by `up --nodes`, in this order.
+const NODE_COMPONENTS: [&str; 6] = [
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kwok",
+    "registry",
+    "tekton-resolvers",
+    "tekton-controller",
+];
 
 // ---------------------------------------------------------------------------------------
 // Processes
@@ -534,7 +569,13 @@ fn process_alive(pid: u32, binary: &Path) -> bool {
 
 /// Starts a component detached from this process: its own process group, stdio to a log
 /// file, so it keeps running after xtask exits.
-fn spawn(paths: &Paths, name: &str, binary: &Path, args: &[String]) -> Result<Component> {
+fn spawn(
+    paths: &Paths,
+    name: &str,
+    binary: &Path,
+    args: &[String],
+    env: &[(String, String)],
+) -> Result<Component> {
     let log_path = paths.logs().join(format!("{name}.log"));
     let log =
         File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
@@ -546,6 +587,7 @@ fn spawn(paths: &Paths, name: &str, binary: &Path, args: &[String]) -> Result<Co
     })?;
     let child = Command::new(&binary)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir(&paths.state)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -564,6 +606,7 @@ fn spawn(paths: &Paths, name: &str, binary: &Path, args: &[String]) -> Result<Co
         binary,
         log: log_path,
         args: args.to_vec(),
+        env: env.to_vec(),
     })
 }
 
@@ -775,6 +818,9 @@ fn start_core(paths: &Paths, built: &Built, root: &Path) -> Result<State> {
         controller_manager,
         scheduler,
         kwok,
+        registry: 0,
+        tekton_controller: 0,
+        tekton_resolvers: 0,
     };
     let server = format!("https://127.0.0.1:{apiserver}");
     write_kubeconfig(&paths.kubeconfig(), &server, &pki)?;
@@ -804,9 +850,13 @@ fn start_core(paths: &Paths, built: &Built, root: &Path) -> Result<State> {
         "--quota-backend-bytes=1073741824".to_string(),
         "--log-level=warn".to_string(),
     ];
-    state
-        .components
-        .push(spawn(paths, "etcd", &built.binary("etcd"), &etcd_args)?);
+    state.components.push(spawn(
+        paths,
+        "etcd",
+        &built.binary("etcd"),
+        &etcd_args,
+        &[],
+    )?);
     state.save(paths)?;
     wait_healthy(&state, paths, "etcd", Duration::from_secs(30))?;
 
@@ -837,6 +887,7 @@ fn start_core(paths: &Paths, built: &Built, root: &Path) -> Result<State> {
         "kube-apiserver",
         &built.binary("kube-apiserver"),
         &apiserver_args,
+        &[],
     )?);
     state.save(paths)?;
     wait_healthy(&state, paths, "kube-apiserver", Duration::from_secs(120))?;
@@ -877,7 +928,8 @@ current-context: wfe-test
 }
 
 /// Server-side applies every CRD in deploy/crds and the Tekton CRDs (conversion patched to
-/// `None`: nothing serves Tekton's conversion webhook), then waits until all are Established.
+/// `None`: nothing serves Tekton's conversion webhook; see also
+/// [`tekton::relax_resolution_request_status`]), then waits until all are Established.
 fn install_crds(state: &State, paths: &Paths, root: &Path) -> Result<()> {
     let t = Instant::now();
     let api = state.apiserver(paths)?;
@@ -914,6 +966,7 @@ fn install_crds(state: &State, paths: &Paths, root: &Path) -> Result<()> {
                 .to_string();
             if tekton {
                 crd["spec"]["conversion"] = json!({"strategy": "None"});
+                tekton::relax_resolution_request_status(&mut crd);
             }
             let resp = api.request(
                 "PATCH",
@@ -1003,6 +1056,7 @@ fn start_nodes(state: &mut State, paths: &Paths, built: &Built, root: &Path) -> 
         "kube-controller-manager",
         &built.binary("kube-controller-manager"),
         &kcm_args,
+        &[],
     )?);
     state.save(paths)?;
     let sched_args = common(state.ports.scheduler);
@@ -1011,6 +1065,7 @@ fn start_nodes(state: &mut State, paths: &Paths, built: &Built, root: &Path) -> 
         "kube-scheduler",
         &built.binary("kube-scheduler"),
         &sched_args,
+        &[],
     )?);
     state.save(paths)?;
 
@@ -1024,9 +1079,13 @@ fn start_nodes(state: &mut State, paths: &Paths, built: &Built, root: &Path) -> 
         "--node-ip=10.0.0.2".to_string(),
         format!("--server-address=127.0.0.1:{}", state.ports.kwok),
     ];
-    state
-        .components
-        .push(spawn(paths, "kwok", &built.binary("kwok"), &kwok_args)?);
+    state.components.push(spawn(
+        paths,
+        "kwok",
+        &built.binary("kwok"),
+        &kwok_args,
+        &[],
+    )?);
     state.save(paths)?;
 
     wait_healthy(
@@ -1067,7 +1126,7 @@ fn start_nodes(state: &mut State, paths: &Paths, built: &Built, root: &Path) -> 
         );
     }
     wait_healthy(state, paths, "kwok", Duration::from_secs(60))?;
-    Ok(())
+    tekton::start(state, paths, built, root)
 }
 
 // ---------------------------------------------------------------------------------------

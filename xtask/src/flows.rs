@@ -354,10 +354,41 @@ pub fn demo(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// deploy/samples/canary-tekton.yaml pointed at the canary bundle that `cluster up --nodes`
+/// published to the local registry (the same content, so the same digest, as the sample names);
+/// returns the written file and the bundle reference.
+fn local_canary(root: &Path) -> Result<(std::path::PathBuf, String)> {
+    let bundles: std::collections::BTreeMap<String, String> = serde_json::from_str(
+        &std::fs::read_to_string(root.join(cluster::BUNDLES_FILE))
+            .with_context(|| format!("reading {}", cluster::BUNDLES_FILE))?,
+    )?;
+    let bundle = bundles
+        .get("canary-deployment")
+        .context("the canary-deployment bundle was not published")?;
+    let text = std::fs::read_to_string(root.join("deploy/samples/canary-tekton.yaml"))?;
+    let mut wfe: serde_json::Value = serde_yaml::from_str(&text)?;
+    let sample = wfe["spec"]["workflowRef"]["containerImage"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let digest = |r: &str| r.rsplit_once('@').map(|(_, d)| d.to_string());
+    if digest(&sample) != digest(bundle) {
+        eprintln!(
+            "warning: deploy/samples/canary-tekton.yaml names {sample}, but the published bundle is {bundle}: update the sample's digest"
+        );
+    }
+    wfe["spec"]["workflowRef"]["containerImage"] = serde_json::json!(format!("oci://{bundle}"));
+    let out = root.join("target/wfe-cluster/canary-tekton.yaml");
+    std::fs::write(&out, serde_yaml::to_string(&wfe)?)?;
+    Ok((out, bundle.clone()))
+}
+
 fn demo_samples(root: &Path) -> Result<()> {
     thread::sleep(Duration::from_secs(2));
+    let canary = local_canary(root)?;
     println!(
-        "\n==> applying deploy/samples/oomkill-remediation-job.yaml (Job backend) and canary-tekton.yaml (Tekton, the default)"
+        "\n==> applying deploy/samples/oomkill-remediation-job.yaml (Job backend) and canary-tekton.yaml (Tekton, the default; its bundle from the local registry: {})",
+        canary.1
     );
     kubectl(
         root,
@@ -366,11 +397,10 @@ fn demo_samples(root: &Path) -> Result<()> {
             "-f",
             "deploy/samples/oomkill-remediation-job.yaml",
             "-f",
-            "deploy/samples/canary-tekton.yaml",
+            &canary.0.display().to_string(),
         ],
     )?;
     let deadline = Instant::now() + Duration::from_secs(120);
-    let mut played_tekton = false;
     let mut last = String::new();
     loop {
         let table = kubectl(
@@ -389,40 +419,6 @@ fn demo_samples(root: &Path) -> Result<()> {
                 "\n$ kubectl get wfe -n kubernaut-system restart-my-app-oom canary-payment-api\n{table}"
             );
             last = table.clone();
-        }
-        // No Tekton controller runs here: play its part once the PipelineRun exists.
-        if !played_tekton {
-            let pr = kubectl(
-                root,
-                &[
-                    "get",
-                    "wfe",
-                    "canary-payment-api",
-                    "-n",
-                    "kubernaut-system",
-                    "-o",
-                    "jsonpath={.status.executionRef.name}",
-                ],
-            )?;
-            if !pr.is_empty() {
-                thread::sleep(Duration::from_secs(3));
-                println!("==> playing Tekton: PipelineRun kubernaut-workflows/{pr} succeeds");
-                kubectl(
-                    root,
-                    &[
-                        "patch",
-                        "pipelinerun",
-                        &pr,
-                        "-n",
-                        "kubernaut-workflows",
-                        "--subresource=status",
-                        "--type=merge",
-                        "-p",
-                        r#"{"status":{"conditions":[{"type":"Succeeded","status":"True","reason":"Succeeded","message":"Tasks Completed: 3 (Failed: 0)"}]}}"#,
-                    ],
-                )?;
-                played_tekton = true;
-            }
         }
         let phases = kubectl(
             root,

@@ -447,17 +447,33 @@ async fn oomkill_remediation_through_the_job_backend_and_tekton_regression() {
         Some(FailureReason::PreviousExecutionFailed)
     );
 
-    // Tekton regression: no engine and `tekton` both make PipelineRuns and no Job.
+    // Tekton regression, through the real Tekton controller: no engine and `tekton` both make
+    // PipelineRuns (no Job) from bundles published to the local registry, pinned by digest.
+    let pinned = |stem: &str| {
+        let r = wfe_testing::tekton::bundle(stem);
+        let (image, digest) = r.split_once('@').unwrap();
+        (image.to_string(), digest.to_string())
+    };
+    let (image, digest) = pinned("canary-deployment");
     let canary = json!({"workflow_id": "canary-deployment", "version": "2.0.0",
-        "container_image": format!("oci://registry.example.com/pipelines/canary:v2.0@{DIGEST}")});
-    let mut explicit = canary.clone();
-    explicit["execution_engine"] = json!("tekton");
+        "container_image": format!("oci://{image}"), "container_digest": digest,
+        "parameters": [{"name": "IMAGE_TAG", "required": true}, {"name": "CANARY_PERCENT"}]});
+    let (image, digest) = pinned("kwok-steps");
+    let explicit = json!({"workflow_id": "canary-check", "version": "1.0.0",
+        "execution_engine": "tekton",
+        "container_image": format!("oci://{image}"), "container_digest": digest,
+        "parameters": [{"name": "KWOK_RESULT"}, {"name": "KWOK_EXIT_CODE"}]});
     let jobs_before = jobs.list(&ListParams::default()).await.unwrap().items.len();
     wfes.create(
         &PostParams::default(),
         &new_wfe(
             "canary-default",
-            catalog_spec(canary, "production/Deployment/payment-api", &[], "rr-c1"),
+            catalog_spec(
+                canary,
+                "production/Deployment/payment-api",
+                &[("IMAGE_TAG", "v2.1.0"), ("CANARY_PERCENT", "10")],
+                "rr-c1",
+            ),
         ),
     )
     .await
@@ -466,37 +482,44 @@ async fn oomkill_remediation_through_the_job_backend_and_tekton_regression() {
         &PostParams::default(),
         &new_wfe(
             "canary-tekton",
-            catalog_spec(explicit, "production/Deployment/checkout", &[], "rr-c2"),
+            catalog_spec(
+                explicit,
+                "production/Deployment/checkout",
+                &[("KWOK_RESULT", "fail"), ("KWOK_EXIT_CODE", "3")],
+                "rr-c2",
+            ),
         ),
     )
     .await
     .unwrap();
-    let a = wait_phase(&wfes, "canary-default", Phase::Running).await;
-    let b = wait_phase(&wfes, "canary-tekton", Phase::Running).await;
+    let a = wait_phase(&wfes, "canary-default", Phase::Succeeded).await;
+    let b = wait_phase(&wfes, "canary-tekton", Phase::Failed).await;
     assert_eq!(
         jobs.list(&ListParams::default()).await.unwrap().items.len(),
         jobs_before,
         "no Job for Tekton requests"
     );
-    let pr_a = a.status.unwrap().execution_ref.unwrap();
-    let pr_b = b.status.unwrap().execution_ref.unwrap();
+    let sa = a.status.unwrap();
+    let sb = b.status.unwrap();
     assert_eq!(
-        (pr_a.kind.as_str(), pr_b.kind.as_str()),
+        (
+            sa.execution_ref.as_ref().unwrap().kind.as_str(),
+            sb.execution_ref.as_ref().unwrap().kind.as_str()
+        ),
         ("PipelineRun", "PipelineRun")
     );
-    prs.patch_status(&pr_a.name, &PatchParams::default(), &Patch::Merge(json!({"status": {
-        "conditions": [{"type": "Succeeded", "status": "True", "reason": "Succeeded", "message": "Tasks Completed: 3 (Failed: 0)"}]}})))
-        .await
-        .unwrap();
-    prs.patch_status(&pr_b.name, &PatchParams::default(), &Patch::Merge(json!({"status": {"startTime": "2026-01-01T00:00:00Z",
-        "conditions": [{"type": "Succeeded", "status": "False", "reason": "Failed", "message": "Tasks Completed: 1 (Failed: 1): task canary-check failed"}]}})))
-        .await
-        .unwrap();
-    wait_phase(&wfes, "canary-default", Phase::Succeeded).await;
-    let f = wait_phase(&wfes, "canary-tekton", Phase::Failed).await;
+    let summary = sa.execution_status.unwrap();
+    assert_eq!((summary.completed_tasks, summary.total_tasks), (3, 3));
+    assert!(
+        prs.get(&sa.execution_ref.unwrap().name).await.is_ok(),
+        "the PipelineRun Tekton ran"
+    );
+    let d = sb.failure_details.unwrap();
     assert_eq!(
-        f.status.unwrap().failure_reason,
-        Some(FailureReason::TaskFailed)
+        (d.reason, d.exit_code, d.failed_step_name.as_deref()),
+        (FailureReason::TaskFailed, Some(3), Some("apply")),
+        "{}",
+        d.message
     );
     wfe_testing::wait_for("tekton audit trail", TIMEOUT, || async {
         let t = audit.types_for("canary-default");

@@ -9,7 +9,15 @@
 //!   all child references, and its first step with a non-zero exit code.
 //! * [`was_execution_failure`]: whether the workflow actually ran.
 //!
-//! Two deliberate refinements:
+//! Three deliberate refinements, each from what the real Tekton controller writes:
+//!
+//! * A PipelineRun that Tekton refused before running any task (its bundle or Pipeline could
+//!   not be resolved, its params do not fit the Pipeline, its graph or workspaces are invalid:
+//!   the reasons of [`PRE_EXECUTION_REASONS`]) is a `ConfigurationError` that did not execute,
+//!   whatever words the resolver's message happens to contain ("timeout", "failed"...).
+//! * A failed TaskRun whose step terminated with reason `OOMKilled` gives `OOMKilled` although
+//!   the PipelineRun's own message ("Tasks Completed: 1 (Failed: 1, ...)") reads as a task
+//!   failure: Tekton never writes the container's reason into the PipelineRun condition.
 //!
 //! * `oom` must be a word of the message (or part of `oomkilled`), so that "no room left" or
 //!   "boom" are not read as out-of-memory kills; every row of the reference tables still maps
@@ -31,6 +39,35 @@ use crate::types::{ChildStatusReference, Outcome, PipelineRun, TaskRun};
 pub const REASON_PENDING: &str = "Pending";
 /// Summary message while Tekton has not written a `Succeeded` condition yet.
 pub const MESSAGE_PENDING: &str = "Pipeline created, waiting for Tekton to start execution";
+
+/// The `Succeeded=False` reasons with which Tekton refuses a PipelineRun before it creates any
+/// TaskRun: the Pipeline (or a Task) could not be resolved or failed validation against the run.
+pub const PRE_EXECUTION_REASONS: [&str; 19] = [
+    "CouldntGetPipeline",
+    "CouldntGetTask",
+    "PipelineValidationFailed",
+    "InvalidPipelineResourceBindings",
+    "InvalidWorkspaceBindings",
+    "InvalidTaskRunSpecs",
+    "ParameterTypeMismatch",
+    "ObjectParameterMissKeys",
+    "ParamArrayIndexingInvalid",
+    "ParameterMissing",
+    "PipelineInvalidGraph",
+    "InvalidMatrixParameterTypes",
+    "InvalidTaskResultReference",
+    "InvalidPipelineResultReference",
+    "RequiredWorkspaceMarkedOptional",
+    "ResourceVerificationFailed",
+    "CELEvaluationFailed",
+    "InvalidParamValue",
+    "CouldntGetPipelineResult",
+];
+
+/// Whether `reason` is one of [`PRE_EXECUTION_REASONS`].
+pub fn is_pre_execution_reason(reason: &str) -> bool {
+    PRE_EXECUTION_REASONS.contains(&reason)
+}
 
 /// Classifies the `Succeeded=False` condition of a PipelineRun (reference-behaviour.md §5.2).
 ///
@@ -221,17 +258,21 @@ pub fn failure(pr: &PipelineRun, task_runs: &BTreeMap<String, TaskRun>) -> Failu
     let failed = find_failed_task_run(children, task_runs);
 
     let mut reason = classify_failure_reason(reason_text, message_text);
-    if reason == FailureReason::Unknown
-        && let Some(f) = &failed
-    {
-        if f.step_reason
+    let oom_step = failed.as_ref().is_some_and(|f| {
+        f.step_reason
             .as_deref()
             .is_some_and(|r| r.eq_ignore_ascii_case("OOMKilled"))
-        {
-            reason = FailureReason::OomKilled;
-        } else if f.exit_code.is_some_and(|c| c != 0) {
-            reason = FailureReason::TaskFailed;
-        }
+    });
+    if children.is_empty() && is_pre_execution_reason(reason_text) {
+        reason = FailureReason::ConfigurationError;
+    } else if oom_step && matches!(reason, FailureReason::Unknown | FailureReason::TaskFailed) {
+        reason = FailureReason::OomKilled;
+    } else if reason == FailureReason::Unknown
+        && failed
+            .as_ref()
+            .is_some_and(|f| f.exit_code.is_some_and(|c| c != 0))
+    {
+        reason = FailureReason::TaskFailed;
     }
 
     let mut message = if !message_text.is_empty() {
@@ -775,6 +816,93 @@ mod tests {
             panic!("failed")
         };
         assert_eq!(failure.message, "PipelineRun failed with reason Cancelled");
+    }
+
+    /// What the real Tekton controller writes when a step is OOMKilled: the PipelineRun's message
+    /// reads as a task failure, only the TaskRun's step says why.
+    #[test]
+    fn oom_killed_step_beats_the_generic_task_failure_message() {
+        let pr = pipeline_run(
+            Some(condition(
+                "False",
+                "Failed",
+                "Tasks Completed: 1 (Failed: 1, Cancelled 0), Skipped: 0",
+            )),
+            true,
+            &[("TaskRun", "t")],
+        );
+        let trs = runs(vec![task_run(
+            "t",
+            "False",
+            "\"step-apply\" exited with code 137: OOMKilled",
+            &[
+                ("inspect", Some(0), "Completed"),
+                ("apply", Some(137), "OOMKilled"),
+            ],
+        )]);
+        let Observation::Failed { failure, .. } = observe(&pr, &trs) else {
+            panic!("failed")
+        };
+        assert_eq!(failure.reason, OomKilled);
+        assert_eq!(failure.failed_step_name.as_deref(), Some("apply"));
+        assert!(failure.was_execution_failure);
+        // A timed-out run stays a timeout even if a step was killed for memory on the way.
+        let pr = pipeline_run(
+            Some(condition(
+                "False",
+                "PipelineRunTimeout",
+                "PipelineRun \"x\" failed to finish within \"5s\"",
+            )),
+            true,
+            &[("TaskRun", "t")],
+        );
+        let Observation::Failed { failure, .. } = observe(&pr, &trs) else {
+            panic!("failed")
+        };
+        assert_eq!(failure.reason, DeadlineExceeded);
+    }
+
+    /// What the real Tekton controller writes when the bundle cannot be resolved or the run does
+    /// not fit the Pipeline: no child, `startTime` set, a reason of its own.
+    #[test]
+    fn refused_before_any_task_is_a_configuration_error_that_did_not_execute() {
+        for (reason, message) in [
+            (
+                "CouldntGetPipeline",
+                "Error retrieving pipeline for pipelinerun ns/x: resolution failed: cannot retrieve the oci image: Get \"http://127.0.0.1:1/v2/\": dial tcp 127.0.0.1:1: i/o timeout",
+            ),
+            (
+                "CouldntGetPipeline",
+                "Error retrieving pipeline: could not find object in image with kind: pipeline and name: workflow",
+            ),
+            (
+                "ParameterMissing",
+                "PipelineRun ns/x is missing some parameters required by Pipeline x: [REQUIRED_SETTING]",
+            ),
+            ("PipelineValidationFailed", "task failed validation"),
+        ] {
+            let pr = pipeline_run(Some(condition("False", reason, message)), true, &[]);
+            let Observation::Failed { failure, .. } = observe(&pr, &BTreeMap::new()) else {
+                panic!("failed")
+            };
+            assert_eq!(failure.reason, ConfigurationError, "{reason}: {message}");
+            assert!(!failure.was_execution_failure, "{reason}");
+            assert_eq!(failure.message, message);
+        }
+        // With children, tasks ran: the reason is read from the text as before.
+        let pr = pipeline_run(
+            Some(condition(
+                "False",
+                "CouldntGetPipelineResult",
+                "task failed",
+            )),
+            true,
+            &[("TaskRun", "t")],
+        );
+        let Observation::Failed { failure, .. } = observe(&pr, &BTreeMap::new()) else {
+            panic!("failed")
+        };
+        assert_eq!(failure.reason, TaskFailed);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::{
 use async_trait::async_trait;
 use kube::{
     Api, Client, ResourceExt,
-    api::{DeleteParams, PostParams, Preconditions, PropagationPolicy},
+    api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions, PropagationPolicy},
 };
 use wfe_api::{ExecutionEngine, ExecutionRef, FieldError, WorkflowExecution};
 use wfe_executor::{
@@ -21,7 +21,7 @@ use wfe_executor::{
 use crate::{
     build::{BuildError, TektonConfig, build_pipeline_run},
     classify::observe,
-    types::{PipelineRun, TEKTON_API_VERSION, TaskRun},
+    types::{Outcome, PipelineRun, TEKTON_API_VERSION, TaskRun},
 };
 
 /// The resource kind of the execution resource.
@@ -482,6 +482,29 @@ impl Executor for TektonExecutor {
         };
         if !is_owned_by(&pr.metadata, wfe) {
             return Ok(DeleteOutcome::NotOwned);
+        }
+        let running = pr
+            .succeeded()
+            .is_none_or(|c| c.outcome() == Outcome::Running);
+        if running {
+            // Cancel first, so that Tekton stops the TaskRuns and their pods itself and records
+            // why; the deletion below then removes the run and, through the garbage collector,
+            // its TaskRuns. A refused cancel (an older Role without `patch`) does not stop the
+            // deletion.
+            let cancel = Patch::Merge(serde_json::json!({"spec": {"status": "Cancelled"}}));
+            match self
+                .pipeline_runs()
+                .patch(&name, &PatchParams::default(), &cancel)
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(pipelinerun = %name, wfe = %wfe.name_any(), "cancelled PipelineRun")
+                }
+                Err(e) if is_not_found(&e) => return Ok(DeleteOutcome::NotFound),
+                Err(e) => {
+                    tracing::warn!(pipelinerun = %name, error = %e, "cannot cancel PipelineRun; deleting it")
+                }
+            }
         }
         let dp = DeleteParams {
             propagation_policy: Some(PropagationPolicy::Background),

@@ -12,6 +12,8 @@
 //! With `--nodes` the cluster runs the Job controller, the garbage collector, the
 //! scheduler and kwok with one fake node (`kwok-node-0`): Job pods "run" and succeed after
 //! 500 ms, or fail / hold as the kwok knobs below say (see xtask/controlplane/kwok-stages.yaml).
+//! It also runs the real Tekton controller, serving [`tekton::NAMESPACE`] only, its bundles
+//! resolver and an OCI registry holding the workflow bundles of [`tekton::bundle`].
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -61,6 +63,82 @@ pub mod kwok {
     pub const MESSAGE_ENV: &str = "KWOK_MESSAGE";
     /// Env: run time before the pod finishes (Go duration).
     pub const RUN_FOR_ENV: &str = "KWOK_RUN_FOR";
+}
+
+/// The real Tekton of the local cluster.
+pub mod tekton {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+    use kube::Client;
+    use kube::api::{Api, ObjectMeta, Patch, PatchParams};
+
+    /// The one namespace the local Tekton controller serves: the operator's execution
+    /// namespace. PipelineRuns anywhere else are never touched by a controller.
+    pub const NAMESPACE: &str = "kubernaut-workflows";
+    /// The workflow service account the runs use.
+    pub const RUNNER: &str = "kubernaut-workflow-runner";
+
+    /// The bundles published by `cargo xtask cluster up --nodes`, by file stem, pinned by digest
+    /// (`127.0.0.1:<port>/workflows/<stem>@sha256:...`).
+    pub fn bundles() -> BTreeMap<String, String> {
+        let path = super::kubeconfig_path()
+            .parent()
+            .expect("the kubeconfig lives in a folder")
+            .join("bundles.json");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "reading {}: {e} (the cluster must run with --nodes)",
+                path.display()
+            )
+        });
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
+    }
+
+    /// The pinned reference of one bundle (see [`bundles`]).
+    pub fn bundle(stem: &str) -> String {
+        bundles()
+            .remove(stem)
+            .unwrap_or_else(|| panic!("no bundle {stem} was published"))
+    }
+
+    /// Makes [`NAMESPACE`] as deploy/namespaces.yaml does (Pod Security `restricted`) with the
+    /// workflow service account [`RUNNER`]; idempotent.
+    pub async fn namespace(client: &Client) {
+        let pp = PatchParams::apply("wfe-testing").force();
+        let labels: BTreeMap<String, String> = [
+            "pod-security.kubernetes.io/enforce",
+            "pod-security.kubernetes.io/audit",
+            "pod-security.kubernetes.io/warn",
+        ]
+        .into_iter()
+        .map(|k| (k.to_string(), "restricted".to_string()))
+        .collect();
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(NAMESPACE.into()),
+                labels: Some(labels),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .patch(NAMESPACE, &pp, &Patch::Apply(&ns))
+            .await
+            .unwrap_or_else(|e| panic!("applying namespace {NAMESPACE}: {e}"));
+        let sa = ServiceAccount {
+            metadata: ObjectMeta {
+                name: Some(RUNNER.into()),
+                namespace: Some(NAMESPACE.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<ServiceAccount>::namespaced(client.clone(), NAMESPACE)
+            .patch(RUNNER, &pp, &Patch::Apply(&sa))
+            .await
+            .unwrap_or_else(|e| panic!("applying service account {RUNNER}: {e}"));
+    }
 }
 
 static KUBECONFIG: OnceCell<PathBuf> = OnceCell::const_new();

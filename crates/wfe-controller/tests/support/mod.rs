@@ -103,20 +103,41 @@ pub fn guards(cooldown_ms: u64) -> GuardConfig {
 }
 
 impl Harness {
+    /// A controller whose requests live in a fresh namespace and whose Jobs and PipelineRuns go
+    /// to another fresh namespace, where no Tekton controller runs (tests play Tekton there).
     pub async fn start(prefix: &str, guards: GuardConfig) -> Harness {
+        Self::start_in(prefix, guards, None).await
+    }
+
+    /// Like [`Harness::start`], but Jobs and PipelineRuns go to the namespace the local cluster's
+    /// real Tekton controller serves ([`wfe_testing::tekton::NAMESPACE`]).
+    pub async fn start_with_tekton(prefix: &str, guards: GuardConfig) -> Harness {
+        Self::start_in(prefix, guards, Some(wfe_testing::tekton::NAMESPACE)).await
+    }
+
+    async fn start_in(prefix: &str, guards: GuardConfig, exec_ns: Option<&str>) -> Harness {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = wfe_testing::client().await;
         let ns = wfe_testing::namespace(&client, &format!("{prefix}-req")).await;
-        let exec_ns = wfe_testing::namespace(&client, &format!("{prefix}-exec")).await;
-        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &exec_ns);
-        let sa = ServiceAccount {
-            metadata: ObjectMeta {
-                name: Some("kubernaut-workflow-runner".into()),
-                ..Default::default()
-            },
-            ..Default::default()
+        let exec_ns = match exec_ns {
+            Some(fixed) => {
+                wfe_testing::tekton::namespace(&client).await;
+                fixed.to_string()
+            }
+            None => {
+                let exec_ns = wfe_testing::namespace(&client, &format!("{prefix}-exec")).await;
+                let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &exec_ns);
+                let sa = ServiceAccount {
+                    metadata: ObjectMeta {
+                        name: Some("kubernaut-workflow-runner".into()),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                };
+                sas.create(&PostParams::default(), &sa).await.unwrap();
+                exec_ns
+            }
         };
-        sas.create(&PostParams::default(), &sa).await.unwrap();
         let audit = AuditReceiver::start().await;
         let cfg = ControllerConfig {
             guards,
