@@ -97,6 +97,28 @@ fn every_manifest_parses_into_its_type() {
                     .validate()
                     .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             }
+            // A sample workflow bundle: what docs/workflow-authors.md asks of one.
+            "Pipeline" => {
+                assert_eq!(doc["apiVersion"], "tekton.dev/v1", "{}", path.display());
+                assert_eq!(doc["metadata"]["name"], "workflow", "{}", path.display());
+                let tasks = doc["spec"]["tasks"].as_array().unwrap();
+                for step in tasks
+                    .iter()
+                    .flat_map(|t| t["taskSpec"]["steps"].as_array().unwrap())
+                {
+                    let sc = &step["securityContext"];
+                    assert!(
+                        step["command"].is_array()
+                            && sc["allowPrivilegeEscalation"] == false
+                            && sc["capabilities"]["drop"] == serde_json::json!(["ALL"])
+                            && sc["runAsNonRoot"] == true
+                            && sc["seccompProfile"]["type"] == "RuntimeDefault",
+                        "{}: step {} needs a command and a restricted security context",
+                        path.display(),
+                        step["name"]
+                    );
+                }
+            }
             // The Prometheus Operator's type has no k8s-openapi binding: check its shape.
             "ServiceMonitor" => {
                 assert_eq!(doc["apiVersion"], "monitoring.coreos.com/v1");

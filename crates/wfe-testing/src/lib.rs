@@ -254,6 +254,9 @@ async fn local_cluster_healthy(root: &Path, kubeconfig: &Path) -> bool {
         "kube-controller-manager",
         "kube-scheduler",
         "kwok",
+        "registry",
+        "tekton-resolvers",
+        "tekton-controller",
     ];
     if !wanted.iter().all(|w| names.contains(w)) {
         return false;
