@@ -39,7 +39,7 @@ enum Cmd {
     },
     /// Start the local cluster, the operator and the samples, and show them finish.
     Demo,
-    /// Run the fuzz targets (cargo-fuzz on nightly; installed when missing).
+    /// Run the fuzz targets (cargo-fuzz, installed when missing; the stable toolchain with RUSTC_BOOTSTRAP=1).
     Fuzz {
         /// Seconds per target.
         #[arg(long, default_value_t = 300)]
