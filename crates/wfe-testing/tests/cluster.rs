@@ -1,5 +1,5 @@
-//! The local control plane really runs Jobs, fails pods on demand and serves the real
-//! Tekton CRDs. These tests need no operator; they start the cluster if needed.
+//! The local control plane really runs Jobs, fails pods on demand, serves the real Tekton CRDs
+//! and runs the real Tekton controller on published bundles. These tests need no operator; they start the cluster if needed.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -309,4 +309,145 @@ async fn workflowexecution_crd_is_served() {
     wfes.list(&ListParams::default())
         .await
         .expect("listing workflowexecutions.kubernaut.ai/v1alpha1");
+}
+
+/// A PipelineRun from a published bundle, run by the real Tekton controller in the namespace it
+/// serves, through the bundles resolver and the OCI registry.
+async fn run_bundle(
+    client: &Client,
+    name: &str,
+    params: &[(&str, &str)],
+) -> (DynamicObject, Vec<Pod>) {
+    wfe_testing::tekton::namespace(client).await;
+    let ns = wfe_testing::tekton::NAMESPACE;
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("tekton.dev", "v1", "PipelineRun"),
+        "pipelineruns",
+    );
+    let runs: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
+    let suffix = &uuid_like();
+    let name = format!("{name}-{suffix}");
+    let mut params: Vec<Value> = params
+        .iter()
+        .map(|(k, v)| json!({"name": k, "value": v}))
+        .collect();
+    params.push(json!({"name": "TARGET_RESOURCE", "value": "production/Deployment/web"}));
+    let run: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "tekton.dev/v1", "kind": "PipelineRun",
+        "metadata": {"name": name},
+        "spec": {
+            "pipelineRef": {"resolver": "bundles", "params": [
+                {"name": "bundle", "value": wfe_testing::tekton::bundle("kwok-steps")},
+                {"name": "name", "value": "workflow"},
+                {"name": "kind", "value": "pipeline"}]},
+            "params": params,
+            "taskRunTemplate": {
+                "serviceAccountName": wfe_testing::tekton::RUNNER,
+                "podTemplate": {"securityContext": {"runAsNonRoot": true,
+                                                    "seccompProfile": {"type": "RuntimeDefault"}}}}
+        }
+    }))
+    .unwrap();
+    runs.create(&PostParams::default(), &run).await.unwrap();
+    let done = wait_for(
+        "the PipelineRun to finish",
+        Duration::from_secs(60),
+        || async {
+            let r = runs.get(&name).await.ok()?;
+            let status = r.data["status"]["conditions"][0]["status"].as_str()?;
+            (status != "Unknown").then_some(r)
+        },
+    )
+    .await;
+    let pods = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(&format!("tekton.dev/pipelineRun={name}")))
+        .await
+        .unwrap()
+        .items;
+    (done, pods)
+}
+
+fn uuid_like() -> String {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{n:08x}")
+}
+
+fn step<'a>(pod: &'a Pod, name: &str) -> &'a ContainerStateTerminated {
+    pod.status
+        .as_ref()
+        .unwrap()
+        .container_statuses
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|c| c.name == name)
+        .and_then(|c| c.state.as_ref()?.terminated.as_ref())
+        .unwrap_or_else(|| panic!("{name} terminated"))
+}
+
+#[tokio::test]
+async fn the_real_tekton_runs_a_bundle_on_the_fake_node() {
+    let client = client().await;
+    let (run, pods) = run_bundle(&client, "tekton-ok", &[]).await;
+    assert_eq!(
+        run.data["status"]["conditions"][0]["status"], "True",
+        "{}",
+        run.data["status"]
+    );
+    assert_eq!(pods.len(), 1);
+    let pod = &pods[0];
+    assert_eq!(
+        pod.spec.as_ref().unwrap().node_name.as_deref(),
+        Some(wfe_testing::NODE_NAME)
+    );
+    // Every step ends with the JSON termination message Tekton's entrypoint writes.
+    for s in ["step-inspect", "step-apply"] {
+        let t = step(pod, s);
+        assert_eq!(t.exit_code, 0);
+        let msg: Value = serde_json::from_str(t.message.as_deref().unwrap()).unwrap();
+        assert_eq!(msg[0]["key"], "StartedAt", "{msg}");
+    }
+}
+
+#[tokio::test]
+async fn the_real_tekton_reports_the_failing_step_from_the_pod() {
+    let client = client().await;
+    let (run, pods) = run_bundle(
+        &client,
+        "tekton-fail",
+        &[("KWOK_RESULT", "fail"), ("KWOK_EXIT_CODE", "4")],
+    )
+    .await;
+    assert_eq!(run.data["status"]["conditions"][0]["status"], "False");
+    let pod = &pods[0];
+    assert_eq!(
+        step(pod, "step-inspect").exit_code,
+        0,
+        "before the failing step"
+    );
+    assert_eq!(step(pod, "step-apply").exit_code, 4, "the failing step");
+    // The TaskRun Tekton wrote from it.
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("tekton.dev", "v1", "TaskRun"),
+        "taskruns",
+    );
+    let trs: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), wfe_testing::tekton::NAMESPACE, &ar);
+    let tr = trs
+        .list(&ListParams::default().labels(&format!(
+            "tekton.dev/pipelineRun={}",
+            run.metadata.name.as_deref().unwrap()
+        )))
+        .await
+        .unwrap()
+        .items
+        .remove(0);
+    assert_eq!(
+        tr.data["status"]["conditions"][0]["message"],
+        "\"step-apply\" exited with code 4: Error"
+    );
+    assert_eq!(tr.data["status"]["steps"][1]["terminated"]["exitCode"], 4);
 }
