@@ -70,7 +70,12 @@ async fn leader_kills_and_audit_outage_lose_nothing_and_run_nothing_twice() {
     let client = wfe_testing::client().await;
     let discovery = Discovery::new(client.clone()).run().await.unwrap();
     let deploy = wfe_testing::repo_root().join("deploy");
-    for f in ["namespaces.yaml", "rbac.yaml", "workflow-runner.yaml"] {
+    for f in [
+        "namespaces.yaml",
+        "rbac.yaml",
+        "admission-policies.yaml",
+        "workflow-runner.yaml",
+    ] {
         apply_file(&client, &discovery, &deploy.join(f)).await;
     }
     let wfes: Api<WorkflowExecution> = Api::namespaced(client.clone(), SYSTEM_NS);

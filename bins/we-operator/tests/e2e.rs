@@ -180,6 +180,7 @@ async fn oomkill_remediation_through_the_job_backend_and_tekton_regression() {
     for f in [
         "namespaces.yaml",
         "rbac.yaml",
+        "admission-policies.yaml",
         "workflow-runner.yaml",
         "samples/production-app.yaml",
         "samples/workflow-runner-rbac.yaml",

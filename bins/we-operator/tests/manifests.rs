@@ -5,7 +5,10 @@
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::{
-    admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration},
+    admissionregistration::v1::{
+        MutatingWebhookConfiguration, ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+        ValidatingWebhookConfiguration,
+    },
     apps::v1::Deployment,
     core::v1::{Namespace, Pod, Service, ServiceAccount},
     rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding},
@@ -75,6 +78,19 @@ fn every_manifest_parses_into_its_type() {
             "Deployment" => drop(typed::<Deployment>(&doc)),
             "Service" => drop(typed::<Service>(&doc)),
             "CustomResourceDefinition" => drop(typed::<CustomResourceDefinition>(&doc)),
+            "ValidatingAdmissionPolicy" => {
+                let p: ValidatingAdmissionPolicy = typed(&doc);
+                assert_eq!(
+                    p.spec.unwrap().failure_policy.as_deref(),
+                    Some("Fail"),
+                    "{}: a guarantee must not be skipped",
+                    path.display()
+                );
+            }
+            "ValidatingAdmissionPolicyBinding" => {
+                let b: ValidatingAdmissionPolicyBinding = typed(&doc);
+                assert_eq!(b.spec.validation_actions, vec!["Deny".to_string()]);
+            }
             "MutatingWebhookConfiguration" => {
                 let m: MutatingWebhookConfiguration = typed(&doc);
                 let hook = &m.webhooks.unwrap()[0];
@@ -138,6 +154,7 @@ fn every_manifest_parses_into_its_type() {
         "ServiceMonitor",
         "CustomResourceDefinition",
         "WorkflowExecution",
+        "ValidatingAdmissionPolicy",
     ] {
         assert!(
             kinds.iter().any(|k| k == needed),

@@ -1,0 +1,220 @@
+//! The guarantees of deploy/admission-policies.yaml, enforced by the real API server itself
+//! (ValidatingAdmissionPolicy): users act through impersonation with full RBAC rights on
+//! WorkflowExecutions and their status, and still cannot rewrite the operator's record or
+//! silently lift a block by deleting the execution that set it.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use kube::{
+    Api, Client,
+    api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams},
+    discovery::Discovery,
+};
+use serde_json::{Value, json};
+use wfe_api::WorkflowExecution;
+
+const OPERATOR: &str = "system:serviceaccount:kubernaut-system:we-operator";
+const INTRUDER: &str = "wfe-policy-intruder";
+
+async fn as_user(user: &str) -> Client {
+    let mut config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(wfe_testing::kubeconfig_path()).unwrap(),
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    config.auth_info.impersonate = Some(user.to_string());
+    Client::try_from(config).unwrap()
+}
+
+/// Every verb on WorkflowExecutions and their status in `ns`: RBAC alone would allow anything.
+async fn grant_everything(client: &Client, ns: &str, user: &str) {
+    let name = format!("{user}-all");
+    let role = Role {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            ..Default::default()
+        },
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec!["kubernaut.ai".into()]),
+            resources: Some(vec![
+                "workflowexecutions".into(),
+                "workflowexecutions/status".into(),
+            ]),
+            verbs: [
+                "get", "list", "watch", "create", "update", "patch", "delete",
+            ]
+            .map(String::from)
+            .to_vec(),
+            ..Default::default()
+        }]),
+    };
+    let binding = RoleBinding {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            ..Default::default()
+        },
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "Role".into(),
+            name: name.clone(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "User".into(),
+            name: user.into(),
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            ..Default::default()
+        }]),
+    };
+    let pp = PatchParams::apply("wfe-policy-test").force();
+    Api::<Role>::namespaced(client.clone(), ns)
+        .patch(&name, &pp, &Patch::Apply(&role))
+        .await
+        .unwrap();
+    Api::<RoleBinding>::namespaced(client.clone(), ns)
+        .patch(&name, &pp, &Patch::Apply(&binding))
+        .await
+        .unwrap();
+}
+
+fn request(name: &str) -> WorkflowExecution {
+    serde_json::from_value(json!({
+        "apiVersion": "kubernaut.ai/v1alpha1", "kind": "WorkflowExecution",
+        "metadata": {"name": name, "namespace": SYSTEM_NS},
+        "spec": {"executionEngine": "job",
+                 "workflowRef": {"workflowId": "restart", "version": "1",
+                                 "containerImage": format!("registry.example.com/restart@sha256:{}", "a".repeat(64))},
+                 "targetResource": format!("production/Deployment/{name}"),
+                 "remediationRequestRef": {"name": format!("rr-{name}")}}
+    }))
+    .unwrap()
+}
+
+fn failed_status() -> Value {
+    json!({"status": {"phase": "Failed", "failureReason": "TaskFailed",
+        "failureDetails": {"reason": "TaskFailed", "message": "exit code 2", "wasExecutionFailure": true}}})
+}
+
+/// The HTTP code and message of a refused request, or `None` when it was allowed.
+fn refused<T>(r: Result<T, kube::Error>) -> Option<(u16, String)> {
+    match r {
+        Ok(_) => None,
+        Err(kube::Error::Api(e)) => Some((e.code, e.message)),
+        Err(e) => panic!("unexpected error: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_operator_writes_status_and_a_blocking_execution_cannot_be_deleted() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let admin = wfe_testing::client().await;
+    let discovery = Discovery::new(admin.clone()).run().await.unwrap();
+    let deploy = repo().join("deploy");
+    for f in ["namespaces.yaml", "rbac.yaml", "admission-policies.yaml"] {
+        apply_file(&admin, &discovery, &deploy.join(f)).await;
+    }
+    grant_everything(&admin, SYSTEM_NS, INTRUDER).await;
+    let suffix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let (a, b) = (format!("policy-a-{suffix}"), format!("policy-b-{suffix}"));
+    let wfes = Api::<WorkflowExecution>::namespaced(admin.clone(), SYSTEM_NS);
+    for n in [&a, &b] {
+        wfes.create(&PostParams::default(), &request(n))
+            .await
+            .unwrap();
+    }
+    let intruder = Api::<WorkflowExecution>::namespaced(as_user(INTRUDER).await, SYSTEM_NS);
+    let operator = Api::<WorkflowExecution>::namespaced(as_user(OPERATOR).await, SYSTEM_NS);
+    let merge = PatchParams::default();
+
+    // A user with every RBAC right on the status cannot write it (the API server loads a new
+    // policy within a second or two: wait for the first refusal; every attempt is a change, since
+    // writing what is already there changes nothing and is allowed).
+    let attempt = std::sync::atomic::AtomicUsize::new(0);
+    let (code, message) = wfe_testing::wait_for(
+        "the status policy to refuse the user",
+        Duration::from_secs(30),
+        || async {
+            let n = attempt.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let change = json!({"status": {"phase": "Succeeded", "failureDetails": {
+                "reason": "Unknown", "message": format!("attempt {n}"), "wasExecutionFailure": false}}});
+            refused(
+                intruder
+                    .patch_status(&a, &merge, &Patch::Merge(change))
+                    .await,
+            )
+        },
+    )
+    .await;
+    assert_eq!(code, 403, "{message}");
+    assert!(
+        message.contains("only the we-operator ServiceAccount writes the status"),
+        "{message}"
+    );
+    // The operator can; its failed execution now blocks the target.
+    for n in [&a, &b] {
+        operator
+            .patch_status(n, &merge, &Patch::Merge(failed_status()))
+            .await
+            .unwrap();
+    }
+    // Nobody else can change a guarded field, including forging a clearance or the audit record.
+    for forged in [
+        json!({"status": {"failureDetails": {"reason": "TaskFailed", "message": "x", "wasExecutionFailure": false}}}),
+        json!({"status": {"blockClearance": {"clearedBy": "someone-else", "clearReason": "a reason long enough to be accepted by the operator when it counts words", "clearMethod": "StatusField"}}}),
+        json!({"status": {"auditDelivered": ["workflowexecution.workflow.failed"]}}),
+    ] {
+        let (code, _) = refused(
+            intruder
+                .patch_status(&a, &merge, &Patch::Merge(&forged))
+                .await,
+        )
+        .unwrap_or_else(|| panic!("{forged} was accepted"));
+        assert_eq!(code, 403);
+    }
+
+    // Deleting the blocking execution would lift the block: refused, saying what to do (a dry
+    // run first, until the policy is loaded, so that an early attempt deletes nothing).
+    wfe_testing::wait_for(
+        "the block policy to refuse the deletion",
+        Duration::from_secs(30),
+        || async {
+            let dry = DeleteParams {
+                dry_run: true,
+                ..DeleteParams::default()
+            };
+            refused(intruder.delete(&a, &dry).await)
+        },
+    )
+    .await;
+    let (code, message) = refused(intruder.delete(&a, &DeleteParams::default()).await)
+        .expect("the deletion is refused");
+    assert_eq!(code, 403, "{message}");
+    assert!(
+        message.contains("blocks its target") && message.contains("clear the block first"),
+        "{message}"
+    );
+    assert!(wfes.get_opt(&a).await.unwrap().is_some(), "still there");
+
+    // Once the operator recorded a clearance, the user may delete it.
+    operator
+        .patch_status(
+            &a,
+            &merge,
+            &Patch::Merge(json!({"status": {"blockClearance": {
+                "clearedBy": INTRUDER, "clearMethod": "Annotation",
+                "clearReason": "the deployment manifest was fixed by the on-call engineer and verified in staging"}}})),
+        )
+        .await
+        .unwrap();
+    intruder.delete(&a, &DeleteParams::default()).await.unwrap();
+
+    // Break-glass: a cluster administrator may delete a blocking execution.
+    wfes.delete(&b, &DeleteParams::default()).await.unwrap();
+}
