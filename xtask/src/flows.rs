@@ -326,6 +326,8 @@ pub fn demo(root: &Path) -> Result<()> {
             "--cooldown",
             "30s",
             "--leader-election=false",
+            "--watch-namespace",
+            "kubernaut-system",
         ])
         .args([
             "--log-format",

@@ -58,7 +58,8 @@ struct RunArgs {
         default_value = "kubernaut-workflows"
     )]
     execution_namespace: String,
-    /// Only watch WorkflowExecutions in this namespace (default: all namespaces).
+    /// Watch WorkflowExecutions in this namespace; `*` watches all namespaces (default: the
+    /// operator's own namespace, where the orchestrator writes them).
     #[arg(long, env = "WFE_WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
     /// Wait after an execution on a target ends before the next one may start.
@@ -341,7 +342,7 @@ async fn run(args: RunArgs) -> Result<()> {
             },
             running_resync: args.running_resync,
             concurrency: args.concurrency,
-            watch_namespace: args.watch_namespace.clone(),
+            watch_namespace: watch_scope(args.watch_namespace.as_deref(), &own_namespace(&client)),
             execution_namespace: args.execution_namespace.clone(),
             clearance_key,
             streaming_lists: args.streaming_lists,
@@ -365,10 +366,7 @@ async fn run(args: RunArgs) -> Result<()> {
     let namespace = args
         .lease_namespace
         .clone()
-        .or_else(|| {
-            std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace").ok()
-        })
-        .unwrap_or_else(|| "default".into());
+        .unwrap_or_else(|| own_namespace(&client));
     let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
         .with_namespace(namespace.trim())
         .with_identity(&identity)
@@ -420,4 +418,43 @@ async fn run(args: RunArgs) -> Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The operator's own namespace: the pod's (its ServiceAccount's namespace file), else the
+/// kubeconfig context's namespace (out of a cluster).
+fn own_namespace(client: &kube::Client) -> String {
+    std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| client.default_namespace().to_string())
+}
+
+/// Which WorkflowExecutions to watch: `--watch-namespace` if given (`*`: every namespace, i.e.
+/// `None`), else only `own`.
+fn watch_scope(flag: Option<&str>, own: &str) -> Option<String> {
+    match flag.map(str::trim) {
+        Some("*") => None,
+        Some(ns) if !ns.is_empty() => Some(ns.to_string()),
+        _ => Some(own.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod watch_scope_tests {
+    use super::watch_scope;
+
+    #[test]
+    fn watch_scope_defaults_to_the_own_namespace() {
+        assert_eq!(
+            watch_scope(None, "kubernaut-system").as_deref(),
+            Some("kubernaut-system")
+        );
+        assert_eq!(watch_scope(Some(""), "own").as_deref(), Some("own"));
+        assert_eq!(
+            watch_scope(Some("team-a"), "own").as_deref(),
+            Some("team-a")
+        );
+        assert_eq!(watch_scope(Some("*"), "own"), None);
+    }
 }
