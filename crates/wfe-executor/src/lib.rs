@@ -13,16 +13,27 @@
 //! * **Create is idempotent.** If the resource exists and belongs to this WorkflowExecution (see
 //!   [`is_owned_by`]), [`Executor::create`] adopts it ([`CreateOutcome::Adopted`]). If it belongs
 //!   to another one and is still running, the result is [`CreateOutcome::HeldBy`], never an error
-//!   string. A finished resource of another WorkflowExecution is stale: the backend removes it and
-//!   creates its own.
+//!   string. A finished resource of another WorkflowExecution is stale once its owner has
+//!   recorded the outcome ([`owner_settled`]): the backend removes it and creates its own.
 //! * **Labels and annotations** from [`execution_labels`] and [`execution_annotations`] on every
 //!   resource; label values are always valid. When the WorkflowExecution lives in the execution
-//!   namespace the resource also gets a controller ownerReference.
+//!   namespace the resource also gets a controller ownerReference ([`owner_reference`]).
 //! * **Status** maps the backend's state to an [`Observation`]: running, succeeded, failed with a
 //!   classified [`Failure`], or deleted externally (NotFound is not an error).
 //! * **Delete** is idempotent and removes only a resource owned by this WorkflowExecution.
 //! * **Errors** are classified ([`ExecutorError`]) so that RBAC denials and quota errors become
 //!   `Forbidden` and `ResourceExhausted` failures, and transient errors are retried.
+//!
+//! ## Backends whose execution resource is a Kubernetes object
+//!
+//! For them these rules are implemented once, in [`resource`]: a backend implements
+//! [`ExecutionResource`] (its object type, how to build the object, how to read an
+//! [`Observation`] from it, when it has finished, and optional hooks) and is an [`Executor`]
+//! through a blanket implementation. Create, adoption, "held by another", stale replacement,
+//! owner-only delete, the identity metadata ([`resource::execution_metadata`]), the watch and the
+//! reads from its cache are the module's. Both built-in backends (`wfe-job`, `wfe-tekton`) are
+//! built this way. Implement [`Executor`] directly only for an engine whose state is not a
+//! Kubernetes object.
 //!
 //! [`conformance`] holds a test suite that checks these rules against a real API server; every
 //! backend crate runs it in its integration tests.
@@ -31,6 +42,7 @@ pub mod conformance;
 mod error;
 mod naming;
 mod registry;
+pub mod resource;
 pub mod watch;
 
 use async_trait::async_trait;
@@ -43,6 +55,7 @@ use wfe_api::{
 pub use error::{ExecutorError, is_already_exists, is_not_found};
 pub use naming::*;
 pub use registry::Registry;
+pub use resource::{ExecutionResource, ResourceClient};
 
 /// Whether the owner of a finished execution resource has recorded its outcome, so that the
 /// resource is stale and may be replaced by another WorkflowExecution's execution: the owner is
@@ -186,21 +199,13 @@ pub trait Executor: Send + Sync + std::fmt::Debug + 'static {
         Availability::Available
     }
 
-    /// The execution resources' API type, which the controller watches (metadata only, in the
-    /// execution namespace, filtered by the [`LABEL_WORKFLOW_EXECUTION`] label) so that their
-    /// changes wake the owning WorkflowExecution at once. `None`: no watch, status is polled.
-    fn watched_resource(&self) -> Option<kube::core::ApiResource> {
-        None
-    }
-
     /// Starts watching the execution resources in `namespace`; the controller calls it once at
-    /// start and wakes the owner of every object the stream yields. The default is a
-    /// metadata-only watch of [`watched_resource`](Self::watched_resource)
-    /// ([`watch::metadata_changes`]). A backend that wants to read its resources from memory
-    /// overrides it with [`watch::cached_changes`] and keeps the store.
-    fn changes(&self, client: kube::Client, namespace: &str) -> Option<watch::Changes> {
-        self.watched_resource()
-            .map(|r| watch::metadata_changes(client, namespace, &r))
+    /// start and wakes the owner of every object the stream yields (the WorkflowExecution that
+    /// [`owner_of`] names). `None` (the default): no watch, status is polled every
+    /// `--running-resync`. Backends built on [`ExecutionResource`] watch whole objects and read
+    /// them from memory ([`watch::cached_changes`]); others may use [`watch::metadata_changes`].
+    fn changes(&self, _client: kube::Client, _namespace: &str) -> Option<watch::Changes> {
+        None
     }
 
     /// The progress summary of an execution resource just created, before the engine did

@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::ResourceExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 use wfe_api::{TargetKey, WorkflowExecution};
 
@@ -118,6 +118,26 @@ pub fn execution_annotations(wfe: &WorkflowExecution) -> BTreeMap<String, String
             wfe.uid().unwrap_or_default(),
         ),
     ])
+}
+
+/// A controller ownerReference to `wfe` when it lives in the execution namespace (ownerReferences
+/// cannot cross namespaces: the garbage collector would treat the owner as absent and delete the
+/// resource; elsewhere the operator's finalizer cleans up). `None` without a UID as well.
+pub fn owner_reference(
+    wfe: &WorkflowExecution,
+    execution_namespace: &str,
+) -> Option<OwnerReference> {
+    if wfe.namespace().as_deref() != Some(execution_namespace) {
+        return None;
+    }
+    Some(OwnerReference {
+        api_version: WorkflowExecution::api_version(&()).into_owned(),
+        kind: WorkflowExecution::kind(&()).into_owned(),
+        name: wfe.name_any(),
+        uid: wfe.uid()?,
+        controller: Some(true),
+        block_owner_deletion: Some(false),
+    })
 }
 
 /// The WorkflowExecution an execution resource belongs to, read from its labels and annotations.

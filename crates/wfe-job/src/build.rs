@@ -14,11 +14,12 @@ use k8s_openapi::{
             SecurityContext, Volume, VolumeMount,
         },
     },
-    apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
-use kube::{Resource, ResourceExt};
-use wfe_api::WorkflowExecution;
-use wfe_executor::{execution_annotations, execution_labels, execution_name_for};
+use kube::ResourceExt;
+use wfe_api::{FieldError, WorkflowExecution};
+pub use wfe_executor::owner_reference;
+use wfe_executor::{execution_labels, resource::execution_metadata};
 
 use crate::JobConfig;
 
@@ -32,9 +33,22 @@ pub const CONFIGMAPS_DIR: &str = "/run/kubernaut/configmaps";
 /// Why a Job cannot be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BuildError {
-    /// The spec is invalid (the message names the field).
-    #[error("{0}")]
-    Invalid(String),
+    /// A spec field is invalid; `field` is its JSON path.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// JSON path of the field (`spec.executionConfig.timeout`).
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl From<BuildError> for FieldError {
+    fn from(e: BuildError) -> Self {
+        match e {
+            BuildError::Invalid { field, message } => FieldError { field, message },
+        }
+    }
 }
 
 fn env(name: &str, value: &str) -> EnvVar {
@@ -65,32 +79,13 @@ pub fn environment(wfe: &WorkflowExecution) -> Vec<EnvVar> {
     vars
 }
 
-/// A controller ownerReference to the WorkflowExecution, when it lives in the execution namespace
-/// (ownerReferences cannot cross namespaces; elsewhere the finalizer cleans up).
-pub fn owner_reference(
-    wfe: &WorkflowExecution,
-    execution_namespace: &str,
-) -> Option<OwnerReference> {
-    if wfe.namespace().as_deref() != Some(execution_namespace) {
-        return None;
-    }
-    let uid = wfe.uid()?;
-    Some(OwnerReference {
-        api_version: WorkflowExecution::api_version(&()).into_owned(),
-        kind: WorkflowExecution::kind(&()).into_owned(),
-        name: wfe.name_any(),
-        uid,
-        controller: Some(true),
-        block_owner_deletion: Some(false),
-    })
-}
-
 /// Builds the Job for `wfe` (DESIGN.md §2 "Job shape").
 pub fn build_job(wfe: &WorkflowExecution, cfg: &JobConfig) -> Result<Job, BuildError> {
     let spec = &wfe.spec;
-    let timeout = spec
-        .timeout()
-        .map_err(|e| BuildError::Invalid(format!("spec.executionConfig.timeout: {e}")))?;
+    let timeout = spec.timeout().map_err(|e| BuildError::Invalid {
+        field: "spec.executionConfig.timeout".into(),
+        message: e.to_string(),
+    })?;
     let labels = execution_labels(wfe);
 
     let mut volumes = Vec::new();
@@ -178,14 +173,7 @@ pub fn build_job(wfe: &WorkflowExecution, cfg: &JobConfig) -> Result<Job, BuildE
     };
 
     Ok(Job {
-        metadata: ObjectMeta {
-            name: Some(execution_name_for(wfe)),
-            namespace: Some(cfg.namespace.clone()),
-            labels: Some(labels.clone()),
-            annotations: Some(execution_annotations(wfe)),
-            owner_references: owner_reference(wfe, &cfg.namespace).map(|o| vec![o]),
-            ..Default::default()
-        },
+        metadata: execution_metadata(wfe, &cfg.namespace),
         spec: Some(JobSpec {
             backoff_limit: Some(0),
             ttl_seconds_after_finished: Some(cfg.ttl_seconds_after_finished),

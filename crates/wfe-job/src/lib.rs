@@ -6,11 +6,19 @@
 //! from the Job conditions, the `workflow` container's status and the pod's events, and deletes
 //! only Jobs that belong to the WorkflowExecution.
 //!
+//! The protocol around the Job (create, adopt, held by another owner, stale replacement,
+//! owner-only delete, identity metadata, reads from the watch cache) is
+//! [`wfe_executor::resource`]'s; this crate supplies what is specific to Jobs through
+//! [`ExecutionResource`]: the Job ([`build_job`]), its observation, when it is finished (a Job
+//! suspended after an early failure counts as finished), the pre-flight checks and the digest
+//! validation.
+//!
 //! Reads are scoped: the Job by name, its pods by the Job's controller-uid label, events by field
 //! selector on the one object; never a list of a whole namespace. Once the controller started
-//! the executor's watch ([`Executor::changes`]), Jobs are read from the watch's cache and the API
-//! server is asked only when the cache cannot answer (a Job not seen yet, or one that the cache
-//! shows with another owner); pods and events are read only for a Job that needs a diagnosis.
+//! the executor's watch ([`Executor::changes`](wfe_executor::Executor::changes)), Jobs are read
+//! from the watch's cache and the API server is asked only when the cache cannot answer (a Job
+//! not seen yet, or one that the cache shows with another owner); pods and events are read only
+//! for a Job that needs a diagnosis.
 
 mod build;
 mod status;
@@ -31,19 +39,12 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, ResourceExt,
-    api::{
-        DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions, PropagationPolicy,
-    },
+    api::{ListParams, Patch, PatchParams},
 };
 use wfe_api::{
-    ExecutionEngine, ExecutionRef, ExecutionStatusSummary, FieldError, WorkflowExecution,
-    is_digest_pinned,
+    ExecutionEngine, ExecutionStatusSummary, FieldError, WorkflowExecution, is_digest_pinned,
 };
-use wfe_executor::{
-    CreateOutcome, DeleteOutcome, Executor, ExecutorError, Observation, Owner, execution_name_for,
-    is_already_exists, is_not_found, is_owned_by, owner_of, owner_settled,
-    watch::{Changes, ResourceCache},
-};
+use wfe_executor::{ExecutionResource, ExecutorError, Observation, ResourceClient};
 
 pub use build::{
     BuildError, CONFIGMAPS_DIR, CONTAINER_NAME, SECRETS_DIR, build_job, environment,
@@ -89,13 +90,12 @@ impl Default for JobConfig {
     }
 }
 
-/// The Job backend.
+/// The Job backend: an [`ExecutionResource`] of Jobs, hence a [`wfe_executor::Executor`].
 #[derive(Clone)]
 pub struct JobExecutor {
-    client: Client,
+    /// The client, the execution namespace and the Jobs of the watch.
+    resources: ResourceClient<Job>,
     cfg: Arc<JobConfig>,
-    /// Jobs of the execution namespace, fed by the watch started with `changes`.
-    cache: ResourceCache<Job>,
     /// Service accounts that existed, and when that was checked.
     accounts_seen: Arc<Mutex<HashMap<String, Instant>>>,
 }
@@ -112,9 +112,8 @@ impl JobExecutor {
     /// A Job executor using `client`.
     pub fn new(client: Client, cfg: JobConfig) -> Self {
         JobExecutor {
-            client,
+            resources: ResourceClient::new(client, cfg.namespace.clone()),
             cfg: Arc::new(cfg),
-            cache: ResourceCache::default(),
             accounts_seen: Arc::default(),
         }
     }
@@ -122,36 +121,6 @@ impl JobExecutor {
     /// The configuration.
     pub fn config(&self) -> &JobConfig {
         &self.cfg
-    }
-
-    fn jobs(&self) -> Api<Job> {
-        Api::namespaced(self.client.clone(), &self.cfg.namespace)
-    }
-
-    fn reference(&self, name: &str) -> ExecutionRef {
-        ExecutionRef {
-            kind: "Job".into(),
-            name: name.to_string(),
-            namespace: self.cfg.namespace.clone(),
-        }
-    }
-
-    async fn get_job(&self, name: &str) -> Result<Option<Job>, ExecutorError> {
-        match self.jobs().get(name).await {
-            Ok(job) => Ok(Some(job)),
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(ExecutorError::from_kube(&format!("get Job {name}"), e)),
-        }
-    }
-
-    /// The Job of `wfe`: from the watch cache when it holds one owned by `wfe`, else from the API
-    /// server (the cache may not have seen a new Job yet, or still show a replaced one).
-    async fn job_of(&self, wfe: &WorkflowExecution) -> Result<Option<Job>, ExecutorError> {
-        let name = execution_name_for(wfe);
-        if let Some(job) = self.cache.owned(&self.cfg.namespace, &name, wfe) {
-            return Ok(Some(Job::clone(&job)));
-        }
-        self.get_job(&name).await
     }
 
     fn account_recently_seen(&self, name: &str) -> bool {
@@ -168,60 +137,8 @@ impl JobExecutor {
         seen.insert(name.to_string(), Instant::now());
     }
 
-    /// Checks that the service account and every dependency exist (metadata reads only), so that a
-    /// missing object fails the request at once with a message that names it.
-    async fn preflight(&self, wfe: &WorkflowExecution) -> Result<(), ExecutorError> {
-        let ns = &self.cfg.namespace;
-        let missing = |kind: &str, name: &str, what: &str| {
-            ExecutorError::Invalid(format!(
-                "{kind} {name:?} ({what}) not found in namespace {ns}"
-            ))
-        };
-        let sa = wfe
-            .spec
-            .service_account(&self.cfg.default_service_account)
-            .to_string();
-        let check = |r: Result<Option<_>, kube::Error>, kind: &str, name: &str, what: &str| match r
-        {
-            Ok(Some(_)) => Ok(()),
-            Ok(None) => Err(missing(kind, name, what)),
-            Err(e) => Err(ExecutorError::from_kube(&format!("read {kind} {name}"), e)),
-        };
-        if !self.account_recently_seen(&sa) {
-            let sas: Api<ServiceAccount> = Api::namespaced(self.client.clone(), ns);
-            check(
-                sas.get_metadata_opt(&sa).await.map(|o| o.map(drop)),
-                "ServiceAccount",
-                &sa,
-                "the workflow's service account",
-            )?;
-            self.account_seen(&sa);
-        }
-        if let Some(deps) = &wfe.spec.workflow_ref.dependencies {
-            let secrets: Api<Secret> = Api::namespaced(self.client.clone(), ns);
-            for s in &deps.secrets {
-                check(
-                    secrets.get_metadata_opt(&s.name).await.map(|o| o.map(drop)),
-                    "Secret",
-                    &s.name,
-                    "a workflow dependency",
-                )?;
-            }
-            let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
-            for c in &deps.config_maps {
-                check(
-                    cms.get_metadata_opt(&c.name).await.map(|o| o.map(drop)),
-                    "ConfigMap",
-                    &c.name,
-                    "a workflow dependency",
-                )?;
-            }
-        }
-        Ok(())
-    }
-
     async fn events_for(&self, kind: &str, name: &str) -> Vec<Event> {
-        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.cfg.namespace);
+        let events: Api<Event> = self.resources.api_of();
         let lp = ListParams::default().fields(&format!(
             "involvedObject.kind={kind},involvedObject.name={name}"
         ));
@@ -238,7 +155,7 @@ impl JobExecutor {
         let Some(uid) = job.uid() else {
             return Vec::new();
         };
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.cfg.namespace);
+        let pods: Api<Pod> = self.resources.api_of();
         match pods
             .list(
                 &ListParams::default().labels(&format!("batch.kubernetes.io/controller-uid={uid}")),
@@ -258,50 +175,35 @@ impl JobExecutor {
     async fn suspend(&self, name: &str) {
         let patch = serde_json::json!({"spec": {"suspend": true}});
         if let Err(e) = self
-            .jobs()
+            .resources
+            .api()
             .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
             tracing::warn!(error = %e, job = name, "cannot suspend a failed Job");
         }
     }
-
-    async fn delete_job(&self, job: &Job) -> Result<DeleteOutcome, ExecutorError> {
-        let name = job.name_any();
-        let dp = DeleteParams {
-            propagation_policy: Some(PropagationPolicy::Background),
-            preconditions: Some(Preconditions {
-                uid: job.uid(),
-                resource_version: None,
-            }),
-            ..Default::default()
-        };
-        match self.jobs().delete(&name, &dp).await {
-            Ok(_) => Ok(DeleteOutcome::Deleted),
-            Err(e) if is_not_found(&e) => Ok(DeleteOutcome::NotFound),
-            // The UID precondition failed: the name now belongs to another Job.
-            Err(e) if is_already_exists(&e) => Ok(DeleteOutcome::NotFound),
-            Err(e) => Err(ExecutorError::from_kube(&format!("delete Job {name}"), e)),
-        }
-    }
 }
 
 #[async_trait]
-impl Executor for JobExecutor {
+impl ExecutionResource for JobExecutor {
+    type Object = Job;
+
+    fn resources(&self) -> &ResourceClient<Job> {
+        &self.resources
+    }
+
     fn engine(&self) -> ExecutionEngine {
         ExecutionEngine::Job
     }
 
-    fn resource_kind(&self) -> &'static str {
-        "Job"
+    fn build(&self, wfe: &WorkflowExecution) -> Result<Job, FieldError> {
+        build_job(wfe, &self.cfg).map_err(FieldError::from)
     }
 
-    fn watched_resource(&self) -> Option<kube::core::ApiResource> {
-        Some(kube::core::ApiResource::erase::<Job>(&()))
-    }
-
-    fn changes(&self, client: Client, namespace: &str) -> Option<Changes> {
-        Some(self.cache.changes(Api::namespaced(client, namespace)))
+    /// Finished, or suspended after an early failure (it will not run again).
+    fn is_finished(&self, job: &Job) -> bool {
+        is_finished(job) || is_suspended(job)
     }
 
     fn initial_summary(&self) -> Option<ExecutionStatusSummary> {
@@ -321,76 +223,71 @@ impl Executor for JobExecutor {
         Ok(())
     }
 
-    async fn create(&self, wfe: &WorkflowExecution) -> Result<CreateOutcome, ExecutorError> {
-        let job = build_job(wfe, &self.cfg).map_err(|e| ExecutorError::Invalid(e.to_string()))?;
-        let name = job.name_any();
-        if self.cfg.preflight_checks
-            && let Err(e) = self.preflight(wfe).await
+    /// Checks that the service account and every dependency exist (metadata reads only), so that a
+    /// missing object fails the request at once with a message that names it.
+    async fn preflight(&self, wfe: &WorkflowExecution) -> Result<(), ExecutorError> {
+        if !self.cfg.preflight_checks {
+            return Ok(());
+        }
+        let ns = &self.cfg.namespace;
+        let missing = |kind: &str, name: &str, what: &str| {
+            ExecutorError::Invalid(format!(
+                "{kind} {name:?} ({what}) not found in namespace {ns}"
+            ))
+        };
+        let sa = wfe
+            .spec
+            .service_account(&self.cfg.default_service_account)
+            .to_string();
+        let check = |r: Result<Option<_>, kube::Error>, kind: &str, name: &str, what: &str| match r
         {
-            // After a crash between create and the status write the Job may exist already:
-            // adopt it rather than failing on a dependency deleted since.
-            if let Some(existing) = self.get_job(&name).await?
-                && is_owned_by(&existing.metadata, wfe)
-            {
-                return Ok(CreateOutcome::Adopted(self.reference(&name)));
-            }
-            return Err(e);
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(missing(kind, name, what)),
+            Err(e) => Err(ExecutorError::from_kube(&format!("read {kind} {name}"), e)),
+        };
+        if !self.account_recently_seen(&sa) {
+            let sas: Api<ServiceAccount> = self.resources.api_of();
+            check(
+                sas.get_metadata_opt(&sa).await.map(|o| o.map(drop)),
+                "ServiceAccount",
+                &sa,
+                "the workflow's service account",
+            )?;
+            self.account_seen(&sa);
         }
-        for _attempt in 0..2 {
-            match self.jobs().create(&PostParams::default(), &job).await {
-                Ok(_) => return Ok(CreateOutcome::Created(self.reference(&name))),
-                Err(e) if is_already_exists(&e) => {}
-                Err(e) => return Err(ExecutorError::from_kube(&format!("create Job {name}"), e)),
+        if let Some(deps) = &wfe.spec.workflow_ref.dependencies {
+            let secrets: Api<Secret> = self.resources.api_of();
+            for s in &deps.secrets {
+                check(
+                    secrets.get_metadata_opt(&s.name).await.map(|o| o.map(drop)),
+                    "Secret",
+                    &s.name,
+                    "a workflow dependency",
+                )?;
             }
-            let Some(existing) = self.get_job(&name).await? else {
-                continue; // deleted in between: try again
-            };
-            if is_owned_by(&existing.metadata, wfe) {
-                return Ok(CreateOutcome::Adopted(self.reference(&name)));
+            let cms: Api<ConfigMap> = self.resources.api_of();
+            for c in &deps.config_maps {
+                check(
+                    cms.get_metadata_opt(&c.name).await.map(|o| o.map(drop)),
+                    "ConfigMap",
+                    &c.name,
+                    "a workflow dependency",
+                )?;
             }
-            // A Job we did not label is never touched.
-            let Some(holder) = owner_of(&existing.metadata) else {
-                let holder = Owner {
-                    name: "<unknown>".into(),
-                    namespace: "<unknown>".into(),
-                    uid: None,
-                };
-                return Ok(CreateOutcome::HeldBy {
-                    reference: self.reference(&name),
-                    holder,
-                });
-            };
-            // A running (or suspended-after-failure) Job of another WorkflowExecution holds the
-            // target; a finished one is stale only once its owner recorded the outcome.
-            let finished = is_finished(&existing) || is_suspended(&existing);
-            if !finished || !owner_settled(&self.client, &holder).await? {
-                return Ok(CreateOutcome::HeldBy {
-                    reference: self.reference(&name),
-                    holder,
-                });
-            }
-            tracing::info!(job = %name, previous_owner = %holder, "deleting a stale finished Job to start a new execution");
-            self.delete_job(&existing).await?;
         }
-        Err(ExecutorError::Transient(format!(
-            "Job {name}: a stale Job of another execution is still being deleted"
-        )))
+        Ok(())
     }
 
-    async fn status(&self, wfe: &WorkflowExecution) -> Result<Observation, ExecutorError> {
-        let name = execution_name_for(wfe);
-        let Some(job) = self
-            .job_of(wfe)
-            .await?
-            .filter(|j| is_owned_by(&j.metadata, wfe))
-        else {
-            return Ok(Observation::DeletedExternally {
-                kind: "Job".into(),
-                name,
-            });
-        };
+    /// Maps the Job with [`observe`], reading pods and events only when the diagnosis needs them;
+    /// an active Job whose execution is declared failed is suspended.
+    async fn observe(
+        &self,
+        job: &Job,
+        _wfe: &WorkflowExecution,
+    ) -> Result<Observation, ExecutorError> {
+        let name = job.name_any();
         let now = Timestamp::now();
-        let mut needs = needs(&job);
+        let mut needs = needs(job);
         // Pod creation failures only matter once the Job is stuck (see `observe`): a young Job
         // without pods is simply starting.
         let age = job
@@ -399,11 +296,11 @@ impl Executor for JobExecutor {
             .as_ref()
             .and_then(|t| Duration::try_from(now.duration_since(t.0)).ok())
             .unwrap_or_default();
-        if !is_finished(&job) && age < self.cfg.stuck_grace {
+        if !is_finished(job) && age < self.cfg.stuck_grace {
             needs.job_events = false;
         }
         let mut pods = if needs.pods {
-            self.pods_of(&job).await
+            self.pods_of(job).await
         } else {
             Vec::new()
         };
@@ -412,7 +309,7 @@ impl Executor for JobExecutor {
         let pod_events = match pod {
             Some(p)
                 if needs.pods && !container_started(Some(p))
-                    || is_finished(&job) && pod.is_some() =>
+                    || is_finished(job) && pod.is_some() =>
             {
                 self.events_for("Pod", &p.name_any()).await
             }
@@ -424,7 +321,7 @@ impl Executor for JobExecutor {
             Vec::new()
         };
         let facts = JobFacts {
-            job: &job,
+            job,
             pod,
             pods_seen: pods.len(),
             pod_events: &pod_events,
@@ -433,18 +330,9 @@ impl Executor for JobExecutor {
             stuck_grace: self.cfg.stuck_grace,
         };
         let observation = observe(&facts);
-        if matches!(observation, Observation::Failed { .. }) && !is_finished(&job) {
+        if matches!(observation, Observation::Failed { .. }) && !is_finished(job) {
             self.suspend(&name).await;
         }
         Ok(observation)
-    }
-
-    async fn delete(&self, wfe: &WorkflowExecution) -> Result<DeleteOutcome, ExecutorError> {
-        match self.job_of(wfe).await? {
-            None => Ok(DeleteOutcome::NotFound),
-            Some(job) if !is_owned_by(&job.metadata, wfe) => Ok(DeleteOutcome::NotOwned),
-            Some(job) if job.metadata.deletion_timestamp.is_some() => Ok(DeleteOutcome::Deleted),
-            Some(job) => self.delete_job(&job).await,
-        }
     }
 }

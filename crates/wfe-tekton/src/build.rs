@@ -1,15 +1,12 @@
 //! Building the PipelineRun of a WorkflowExecution (a pure function, DESIGN.md §2 "PipelineRun
 //! shape").
 
-use k8s_openapi::{
-    api::core::v1::{
-        ConfigMapVolumeSource, PodSecurityContext, SeccompProfile, SecretVolumeSource,
-    },
-    apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
+use k8s_openapi::api::core::v1::{
+    ConfigMapVolumeSource, PodSecurityContext, SeccompProfile, SecretVolumeSource,
 };
-use kube::{Resource, ResourceExt};
-use wfe_api::{WorkflowExecution, format_duration};
-use wfe_executor::{execution_annotations, execution_labels, execution_name_for};
+use wfe_api::{FieldError, WorkflowExecution, format_duration};
+pub use wfe_executor::owner_reference;
+use wfe_executor::resource::execution_metadata;
 
 use crate::types::{
     Param, PipelineRef, PipelineRun, PipelineRunSpec, PipelineTaskRunTemplate, PodTemplate,
@@ -85,6 +82,14 @@ impl BuildError {
     }
 }
 
+impl From<BuildError> for FieldError {
+    fn from(e: BuildError) -> Self {
+        match e {
+            BuildError::Invalid { field, message } => FieldError { field, message },
+        }
+    }
+}
+
 /// The OCI bundle reference for the bundles resolver: `spec.workflowRef.containerImage` without
 /// an `oci://` prefix and surrounding whitespace.
 pub fn bundle_reference(wfe: &WorkflowExecution) -> Result<String, BuildError> {
@@ -97,26 +102,6 @@ pub fn bundle_reference(wfe: &WorkflowExecution) -> Result<String, BuildError> {
         ));
     }
     Ok(bundle.to_string())
-}
-
-/// A controller ownerReference to the WorkflowExecution when it lives in the execution namespace
-/// and has a UID (ownerReferences cannot cross namespaces; elsewhere the controller's finalizer
-/// cleans up).
-pub fn owner_reference(
-    wfe: &WorkflowExecution,
-    execution_namespace: &str,
-) -> Option<OwnerReference> {
-    if wfe.namespace().as_deref() != Some(execution_namespace) {
-        return None;
-    }
-    Some(OwnerReference {
-        api_version: WorkflowExecution::api_version(&()).into_owned(),
-        kind: WorkflowExecution::kind(&()).into_owned(),
-        name: wfe.name_any(),
-        uid: wfe.uid()?,
-        controller: Some(true),
-        block_owner_deletion: Some(false),
-    })
 }
 
 /// The run's parameters: the allow-listed `spec.parameters` in sorted order, then
@@ -176,8 +161,8 @@ pub fn restricted_pod_security_context() -> PodSecurityContext {
 
 /// Builds the PipelineRun for `wfe` (DESIGN.md §2 "PipelineRun shape"):
 ///
-/// * name [`execution_name_for`], namespace `cfg.namespace`, labels [`execution_labels`],
-///   annotations [`execution_annotations`], a controller ownerReference when the
+/// * the identity of [`execution_metadata`]: name `wfe_executor::execution_name_for`, namespace
+///   `cfg.namespace`, our labels and annotations, a controller ownerReference when the
 ///   WorkflowExecution lives in the execution namespace;
 /// * `pipelineRef` through the `bundles` resolver: `bundle` = [`bundle_reference`], `name` =
 ///   `workflow`, `kind` = `pipeline`;
@@ -196,14 +181,7 @@ pub fn build_pipeline_run(
         .map_err(|e| BuildError::invalid("spec.executionConfig.timeout", e))?;
     let bundle = bundle_reference(wfe)?;
 
-    let metadata = ObjectMeta {
-        name: Some(execution_name_for(wfe)),
-        namespace: Some(cfg.namespace.clone()),
-        labels: Some(execution_labels(wfe)),
-        annotations: Some(execution_annotations(wfe)),
-        owner_references: owner_reference(wfe, &cfg.namespace).map(|r| vec![r]),
-        ..Default::default()
-    };
+    let metadata = execution_metadata(wfe, &cfg.namespace);
     let spec = PipelineRunSpec {
         pipeline_ref: Some(PipelineRef {
             name: None,

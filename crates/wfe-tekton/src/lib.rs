@@ -17,12 +17,15 @@
 //!   failure is classified with the reference controller's ordered rules, enriched with the
 //!   failed TaskRun, its index, failed step and exit code, and `wasExecutionFailure` tells
 //!   whether the workflow actually ran.
-//! * [`TektonExecutor`]: talks to the API server. `availability` asks API discovery whether
-//!   `pipelineruns.tekton.dev/v1` is served, caching a positive answer and re-checking a negative
-//!   one every 10 s, so Tekton installed after the operator started is noticed. `create` is
-//!   idempotent (adopts its own PipelineRun, reports the holder of a live one, replaces a
-//!   finished one of another WorkflowExecution); `status` reports a missing or replaced
-//!   PipelineRun as deleted externally; `delete` removes only a PipelineRun it owns.
+//! * [`TektonExecutor`]: a [`wfe_executor::ExecutionResource`] of PipelineRuns, so the
+//!   protocol around them (idempotent create that adopts its own PipelineRun, reports the holder
+//!   of a live one and replaces a finished one of another WorkflowExecution; reads from the watch
+//!   cache; a missing or replaced PipelineRun reported as deleted externally; owner-only delete)
+//!   is [`wfe_executor::resource`]'s. What is Tekton's: the PipelineRun, its observation with the
+//!   child TaskRuns, the cancel (`spec.status: Cancelled`) of a running PipelineRun before it is
+//!   deleted, and `availability`, which asks API discovery whether `pipelineruns.tekton.dev/v1`
+//!   is served, caching a positive answer and re-checking a negative one every 10 s, so Tekton
+//!   installed after the operator started is noticed.
 //!
 //! ```
 //! use wfe_tekton::{TektonConfig, build_pipeline_run};

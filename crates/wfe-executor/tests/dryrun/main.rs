@@ -1,0 +1,168 @@
+//! The minimum backend of docs/backend-authors.md ("Worked example: a dry-run backend"),
+//! compiled and run here: `backend.rs` is the guide's `crates/wfe-dryrun/src/lib.rs`, byte for
+//! byte (checked below), and this file is the guide's `crates/wfe-dryrun/tests/cluster.rs` plus
+//! unit tests of the pure parts. The cluster tests run against the local control plane
+//! (`wfe-testing`).
+
+mod backend;
+
+use std::time::Duration;
+
+use backend::{DryRunExecutor, observation, record};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::{
+    Api,
+    api::{Patch, PatchParams},
+};
+use serde_json::json;
+use wfe_api::{FailureReason, WorkflowExecution};
+use wfe_executor::{CreateOutcome, DeleteOutcome, Executor, Observation};
+
+/// A WorkflowExecution that exists only in memory: the dry-run backend does not need it in the
+/// cluster. It lives outside the execution namespace, so the record gets no ownerReference (an
+/// ownerReference to an object that does not exist would let the garbage collector delete it).
+fn wfe(name: &str, target: &str) -> WorkflowExecution {
+    serde_json::from_value(json!({
+        "apiVersion": "kubernaut.ai/v1alpha1", "kind": "WorkflowExecution",
+        "metadata": {"name": name, "namespace": "requests", "uid": format!("uid-{name}")},
+        "spec": {
+            "executionEngine": "dryrun",
+            "workflowRef": {"workflowId": "wf", "version": "1",
+                            "containerImage": "registry.example.com/wf:v1"},
+            "targetResource": target,
+            "remediationRequestRef": {"name": "rr"}
+        }
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance() {
+    let client = wfe_testing::client().await;
+    let ns = wfe_testing::namespace(&client, "dryrun-conformance").await;
+    let exec = DryRunExecutor::new(client, ns);
+    wfe_executor::conformance::run(&exec, wfe).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reviewer_decides() {
+    let client = wfe_testing::client().await;
+    let ns = wfe_testing::namespace(&client, "dryrun-review").await;
+    let exec = DryRunExecutor::new(client.clone(), ns.clone());
+    let w = wfe("review", "production/Deployment/my-app");
+    let CreateOutcome::Created(r) = exec.create(&w).await.unwrap() else {
+        panic!("created")
+    };
+    let patch = json!({"data": {"result": "succeeded"}});
+    Api::<ConfigMap>::namespaced(client, &ns)
+        .patch(&r.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    wfe_testing::wait_for("the approval", Duration::from_secs(10), || async {
+        matches!(
+            exec.status(&w).await.unwrap(),
+            Observation::Succeeded { .. }
+        )
+        .then_some(())
+    })
+    .await;
+}
+
+/// The protocol around the example: identity metadata, and a finished record of another request
+/// replaced once that request is settled (here: it does not exist in the cluster).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_record_of_another_request_is_replaced() {
+    let client = wfe_testing::client().await;
+    let ns = wfe_testing::namespace(&client, "dryrun-stale").await;
+    let exec = DryRunExecutor::new(client.clone(), ns.clone());
+    let cms = Api::<ConfigMap>::namespaced(client, &ns);
+    let (first, second) = (
+        wfe("first", "production/Deployment/shared"),
+        wfe("second", "production/Deployment/shared"),
+    );
+    let CreateOutcome::Created(r) = exec.create(&first).await.unwrap() else {
+        panic!("created")
+    };
+    let stored = cms.get(&r.name).await.unwrap();
+    assert_eq!(
+        stored.metadata.labels,
+        Some(wfe_executor::execution_labels(&first))
+    );
+    assert_eq!(
+        stored.metadata.annotations,
+        Some(wfe_executor::execution_annotations(&first))
+    );
+    assert_eq!(stored.metadata.owner_references, None);
+    assert_eq!(stored.data, record(&first).data);
+    // Live: held by the first.
+    assert!(matches!(
+        exec.create(&second).await.unwrap(),
+        CreateOutcome::HeldBy { holder, .. } if holder.name == "first"
+    ));
+    // Finished (rejected): stale, replaced by the second's record.
+    let patch = json!({"data": {"result": "failed", "message": "no"}});
+    cms.patch(&r.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    assert_eq!(
+        exec.create(&second).await.unwrap(),
+        CreateOutcome::Created(r.clone())
+    );
+    assert!(matches!(
+        exec.status(&first).await.unwrap(),
+        Observation::DeletedExternally { .. }
+    ));
+    assert_eq!(exec.delete(&first).await.unwrap(), DeleteOutcome::NotOwned);
+    assert!(matches!(
+        exec.status(&second).await.unwrap(),
+        Observation::Running { .. }
+    ));
+    assert_eq!(exec.delete(&second).await.unwrap(), DeleteOutcome::Deleted);
+}
+
+#[test]
+fn records_and_observations() {
+    let w = wfe("unit", "production/Deployment/my-app");
+    let mut cm = record(&w);
+    let data = cm.data.clone().unwrap();
+    assert_eq!(data["targetResource"], "production/Deployment/my-app");
+    assert_eq!(data["workflowId"], "wf");
+    assert_eq!(data["parameters"], "{}");
+    assert!(matches!(observation(&cm), Observation::Running { .. }));
+    let mut decide = |result: &str| {
+        let data = cm.data.get_or_insert_default();
+        data.insert(backend::RESULT_KEY.into(), result.into());
+        data.insert(backend::MESSAGE_KEY.into(), "why".into());
+        observation(&cm)
+    };
+    assert!(matches!(decide("succeeded"), Observation::Succeeded { .. }));
+    match decide("failed") {
+        Observation::Failed { failure, .. } => {
+            assert_eq!(failure.reason, FailureReason::TaskFailed);
+            assert!(!failure.was_execution_failure, "nothing ran");
+            assert_eq!(failure.message, "the dry run was rejected: why");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(decide("maybe"), Observation::Running { .. }));
+}
+
+/// The guide shows `backend.rs` and this file's first two cluster tests exactly.
+#[test]
+fn the_guide_shows_this_code() {
+    let guide = include_str!("../../../../docs/backend-authors.md");
+    let backend = include_str!("backend.rs");
+    assert!(
+        guide.contains(&format!("```rust\n{backend}```")),
+        "docs/backend-authors.md must show crates/wfe-executor/tests/dryrun/backend.rs exactly"
+    );
+    let tests = include_str!("main.rs");
+    let start = tests
+        .find("/// A WorkflowExecution that exists only")
+        .unwrap();
+    let end = tests.find("/// The protocol around the example").unwrap();
+    assert!(
+        guide.contains(&tests[start..end]),
+        "docs/backend-authors.md must show the cluster tests of crates/wfe-executor/tests/dryrun/main.rs exactly"
+    );
+}
