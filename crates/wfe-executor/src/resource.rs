@@ -39,6 +39,10 @@
 //! * **Errors** from the API server are classified with [`ExecutorError::from_kube`], naming the
 //!   action, kind, namespace and name.
 //!
+//! The pure decisions ([`classify_existing`], [`delete_plan`], [`stamp`]) are unit-tested here;
+//! the protocol itself runs against the local control plane in `tests/protocol.rs` (hooks that
+//! fail, objects being deleted) and `tests/dryrun/` (the guide's minimum backend).
+//!
 //! Requests per execution (what the benchmark counts): a create is one POST on the happy path (plus
 //! whatever the backend's preflight reads); status and delete read from the watch cache; the GETs
 //! happen only on a conflict (409 on create) or a cache miss.
