@@ -84,7 +84,7 @@ struct RunArgs {
         default_value = "kubernaut-workflow-runner"
     )]
     default_service_account: String,
-    /// Accept Job images that are not pinned by digest.
+    /// Accept Job images and Tekton bundles that are not pinned by digest.
     #[arg(long, env = "WFE_ALLOW_UNPINNED_IMAGES", default_value_t = false)]
     allow_unpinned_images: bool,
     /// Audit service base URL (events are POSTed to {url}/api/v1/audit/events/batch); JSON lines on
@@ -321,6 +321,7 @@ async fn run(args: RunArgs) -> Result<()> {
             TektonConfig {
                 namespace: args.execution_namespace.clone(),
                 default_service_account: args.default_service_account.clone(),
+                allow_unpinned_bundles: args.allow_unpinned_images,
             },
         )));
     let audit: Arc<dyn wfe_controller::AuditSink> = match &args.audit_url {

@@ -35,6 +35,9 @@ pub struct TektonConfig {
     pub namespace: String,
     /// Service account used when `spec.executionConfig.serviceAccountName` is not set.
     pub default_service_account: String,
+    /// Accept bundles that are not pinned by digest (`--allow-unpinned-images`, shared with the
+    /// Job backend's images). Off by default: a tag can be moved under a workflow.
+    pub allow_unpinned_bundles: bool,
 }
 
 impl Default for TektonConfig {
@@ -42,6 +45,7 @@ impl Default for TektonConfig {
         TektonConfig {
             namespace: DEFAULT_EXECUTION_NAMESPACE.to_string(),
             default_service_account: DEFAULT_SERVICE_ACCOUNT.to_string(),
+            allow_unpinned_bundles: false,
         }
     }
 }
@@ -102,6 +106,21 @@ pub fn bundle_reference(wfe: &WorkflowExecution) -> Result<String, BuildError> {
         ));
     }
     Ok(bundle.to_string())
+}
+
+/// Refuses a bundle that is not pinned by digest (`registry/repo@sha256:<64 hex>`), unless the
+/// configuration allows it (DESIGN.md §7: bundles are pinned like Job images).
+pub fn check_bundle_pinned(wfe: &WorkflowExecution, cfg: &TektonConfig) -> Result<(), BuildError> {
+    let bundle = bundle_reference(wfe)?;
+    if cfg.allow_unpinned_bundles || wfe_api::is_digest_pinned(&bundle) {
+        return Ok(());
+    }
+    Err(BuildError::invalid(
+        "spec.workflowRef.containerImage",
+        format!(
+            "bundle {bundle:?} must be pinned by digest (bundle@sha256:<64 hex>); the operator accepts tags only with --allow-unpinned-images"
+        ),
+    ))
 }
 
 /// The run's parameters: the allow-listed `spec.parameters` in sorted order, then

@@ -10,7 +10,7 @@ use wfe_executor::{
 };
 
 use crate::{
-    BuildError, TektonConfig, build_pipeline_run,
+    BuildError, TektonConfig, build_pipeline_run, check_bundle_pinned,
     types::{Param, ParamValue},
 };
 
@@ -423,4 +423,22 @@ fn deterministic() {
     let a = serde_json::to_string(&build_pipeline_run(&w, &cfg()).expect("builds")).expect("json");
     let b = serde_json::to_string(&build_pipeline_run(&w, &cfg()).expect("builds")).expect("json");
     assert_eq!(a, b);
+}
+
+#[test]
+fn bundles_must_be_pinned_by_digest_unless_allowed() {
+    let pinned = format!("oci://registry.example.com/w@sha256:{}", "a".repeat(64));
+    let w = wfe(serde_json::json!({"workflowRef": {"containerImage": pinned}}));
+    assert_eq!(check_bundle_pinned(&w, &cfg()), Ok(()));
+    let tagged = wfe(
+        serde_json::json!({"workflowRef": {"containerImage": "oci://registry.example.com/w:v1"}}),
+    );
+    let err = check_bundle_pinned(&tagged, &cfg()).expect_err("a tag is refused");
+    assert_eq!(err.field(), "spec.workflowRef.containerImage");
+    assert!(err.message().contains("pinned by digest"), "{err}");
+    let relaxed = TektonConfig {
+        allow_unpinned_bundles: true,
+        ..cfg()
+    };
+    assert_eq!(check_bundle_pinned(&tagged, &relaxed), Ok(()));
 }

@@ -22,7 +22,7 @@ use wfe_executor::{
 };
 
 use crate::{
-    build::{TektonConfig, build_pipeline_run},
+    build::{TektonConfig, build_pipeline_run, check_bundle_pinned},
     classify::observe,
     types::{Outcome, PipelineRun, TEKTON_API_VERSION, TaskRun},
 };
@@ -272,7 +272,7 @@ impl ExecutionResource for TektonExecutor {
     /// Checks what [`build_pipeline_run`] needs: a bundle reference and a valid timeout.
     fn validate(&self, wfe: &WorkflowExecution) -> Result<(), Vec<FieldError>> {
         build_pipeline_run(wfe, &self.config)
-            .map(|_| ())
+            .and_then(|_| check_bundle_pinned(wfe, &self.config))
             .map_err(|e| vec![FieldError::from(e)])
     }
 

@@ -56,8 +56,8 @@ pub mod types;
 pub use build::{
     BUNDLES_RESOLVER, BuildError, CONFIGMAP_WORKSPACE_PREFIX, DEFAULT_EXECUTION_NAMESPACE,
     DEFAULT_SERVICE_ACCOUNT, PIPELINE_NAME, SECRET_WORKSPACE_PREFIX, TARGET_RESOURCE_PARAM,
-    TektonConfig, build_pipeline_run, bundle_reference, owner_reference, pipeline_params,
-    restricted_pod_security_context, workspaces,
+    TektonConfig, build_pipeline_run, bundle_reference, check_bundle_pinned, owner_reference,
+    pipeline_params, restricted_pod_security_context, workspaces,
 };
 pub use executor::{
     AVAILABILITY_RECHECK, RESOURCE_KIND, TektonExecutor, UNAVAILABLE_HINT, UNKNOWN_OWNER,

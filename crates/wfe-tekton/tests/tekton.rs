@@ -78,6 +78,7 @@ async fn env() -> Env {
         TektonConfig {
             namespace: exec_ns.clone(),
             default_service_account: "kubernaut-workflow-runner".into(),
+            ..TektonConfig::default()
         },
     );
     Env {
