@@ -45,7 +45,7 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
     let dir = args.dir.unwrap_or_else(|| {
         std::env::temp_dir().join(format!(
             "we-operator-fresh-{}",
-            chrono_like_stamp(std::time::SystemTime::now())
+            epoch_seconds(std::time::SystemTime::now())
         ))
     });
     if dir.exists() && std::fs::read_dir(&dir)?.next().is_some() {
@@ -204,7 +204,7 @@ fn which(program: &str) -> Option<PathBuf> {
 }
 
 /// Seconds since the epoch, enough to make a folder name unique.
-fn chrono_like_stamp(t: std::time::SystemTime) -> u64 {
+fn epoch_seconds(t: std::time::SystemTime) -> u64 {
     t.duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or_default()

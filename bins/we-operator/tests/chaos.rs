@@ -164,17 +164,6 @@ async fn leader_kills_and_audit_outage_lose_nothing_and_run_nothing_twice() {
         }
     };
     let mut replicas = vec![spawn(&mut generation), spawn(&mut generation)];
-    let leader_of = |replicas: &[(Operator, std::path::PathBuf)]| {
-        let health: Vec<_> = replicas.iter().map(|(r, _)| r.health.clone()).collect();
-        async move {
-            for (i, h) in health.iter().enumerate() {
-                if is_leader_at(h).await {
-                    return Some(i);
-                }
-            }
-            None
-        }
-    };
 
     for i in 0..executions {
         wfes.create(&PostParams::default(), &request(i))
@@ -185,7 +174,7 @@ async fn leader_kills_and_audit_outage_lose_nothing_and_run_nothing_twice() {
     // Kill the leader again and again; measure how long the other takes to lead.
     let mut failovers = Vec::new();
     for k in 0..kills {
-        let leader = wait_leader(&mut replicas, &mut generation, &mut supervise, &leader_of).await;
+        let leader = wait_leader(&mut replicas, &mut generation, &mut supervise).await;
         tokio::time::sleep(Duration::from_millis(300 + (k as u64 * 577) % 1500)).await;
         if k == kills / 2 {
             audit.down.store(true, Ordering::SeqCst);
@@ -200,7 +189,7 @@ async fn leader_kills_and_audit_outage_lose_nothing_and_run_nothing_twice() {
         let killed = Instant::now();
         drop(victim); // reaped on drop
         replicas.push(spawn(&mut generation));
-        wait_leader(&mut replicas, &mut generation, &mut supervise, &leader_of).await;
+        wait_leader(&mut replicas, &mut generation, &mut supervise).await;
         failovers.push(killed.elapsed());
         if k == kills / 2 {
             tokio::time::sleep(Duration::from_secs(outage)).await;
@@ -353,22 +342,21 @@ async fn leader_kills_and_audit_outage_lose_nothing_and_run_nothing_twice() {
 }
 
 /// Waits (at most 60 s) for a leader among the replicas, restarting any that exited.
-async fn wait_leader<S, L, F>(
+async fn wait_leader<S>(
     replicas: &mut Vec<(Operator, std::path::PathBuf)>,
     generation: &mut usize,
     supervise: &mut S,
-    leader_of: &L,
 ) -> usize
 where
     S: FnMut(&mut Vec<(Operator, std::path::PathBuf)>, &mut usize),
-    L: Fn(&[(Operator, std::path::PathBuf)]) -> F,
-    F: std::future::Future<Output = Option<usize>>,
 {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         supervise(replicas, generation);
-        if let Some(i) = leader_of(replicas).await {
-            return i;
+        for (i, (r, _)) in replicas.iter().enumerate() {
+            if r.is_leader().await {
+                return i;
+            }
         }
         assert!(Instant::now() < deadline, "no leader within 60 s");
         tokio::time::sleep(Duration::from_millis(100)).await;

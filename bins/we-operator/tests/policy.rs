@@ -20,17 +20,6 @@ use wfe_api::WorkflowExecution;
 const OPERATOR: &str = "system:serviceaccount:kubernaut-system:we-operator";
 const INTRUDER: &str = "wfe-policy-intruder";
 
-async fn as_user(user: &str) -> Client {
-    let mut config = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(wfe_testing::kubeconfig_path()).unwrap(),
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await
-    .unwrap();
-    config.auth_info.impersonate = Some(user.to_string());
-    Client::try_from(config).unwrap()
-}
-
 /// Every verb on WorkflowExecutions and their status in `ns`: RBAC alone would allow anything.
 async fn grant_everything(client: &Client, ns: &str, user: &str) {
     let name = format!("{user}-all");

@@ -2,7 +2,11 @@
 //! webhook, the API server calls it, and users act through impersonation. A user cannot clear a
 //! block in someone else's name, forge the attestation, or write `status.blockClearance`.
 
+mod common;
+
 use std::{path::Path, process::Stdio, time::Duration};
+
+use common::{as_user, free_port};
 
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use kube::{
@@ -15,25 +19,6 @@ use wfe_api::{Phase, WorkflowExecution};
 
 const REASON: &str =
     "the deployment manifest was fixed by the on-call engineer and verified in staging";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn as_user(user: &str) -> Client {
-    let mut config = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(wfe_testing::kubeconfig_path()).unwrap(),
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await
-    .unwrap();
-    config.auth_info.impersonate = Some(user.to_string());
-    Client::try_from(config).unwrap()
-}
 
 async fn grant(client: &Client, ns: &str, user: &str, resources: &[&str]) {
     let roles: Api<Role> = Api::namespaced(client.clone(), ns);

@@ -292,10 +292,9 @@ impl<K: ExecutionObject> ResourceClient<K> {
         self.get(&name).await
     }
 
-    /// Deletes exactly `object` (UID precondition, background propagation). `Ok(true)` when it
-    /// is gone (or the name holds another object now), `Ok(false)` when it is still being deleted
-    /// (finalizers).
-    async fn delete_exact(&self, object: &K) -> Result<bool, ExecutorError> {
+    /// Deletes exactly `object` (UID precondition, background propagation) and says what became
+    /// of it.
+    async fn delete_exact(&self, object: &K) -> Result<Removal, ExecutorError> {
         let name = object.name_any();
         let dp = DeleteParams {
             propagation_policy: Some(PropagationPolicy::Background),
@@ -308,11 +307,18 @@ impl<K: ExecutionObject> ResourceClient<K> {
         match self.api().delete(&name, &dp).await {
             // The API server answers with the object while it is still there, else a Status
             // (or, for some types, the object as it was, without a deletion timestamp).
-            Ok(answer) => Ok(answer
-                .left()
-                .is_none_or(|o| o.meta().deletion_timestamp.is_none())),
+            Ok(answer) => Ok(
+                if answer
+                    .left()
+                    .is_none_or(|o| o.meta().deletion_timestamp.is_none())
+                {
+                    Removal::Gone
+                } else {
+                    Removal::Finalizing
+                },
+            ),
             // Gone already, or the UID precondition failed (409): the name holds another object.
-            Err(e) if is_not_found(&e) || is_already_exists(&e) => Ok(true),
+            Err(e) if is_not_found(&e) || is_already_exists(&e) => Ok(Removal::WasNotThere),
             Err(e) => Err(ExecutorError::from_kube(
                 &format!("delete {}", self.describe(&name)),
                 e,
@@ -324,7 +330,9 @@ impl<K: ExecutionObject> ResourceClient<K> {
     /// [`STALE_DELETE_WAIT`] until it is gone. `Ok(true)` when the name is free (or holds
     /// something else now, which the next create round inspects).
     async fn remove_stale(&self, stale: &K) -> Result<bool, ExecutorError> {
-        if stale.meta().deletion_timestamp.is_none() && self.delete_exact(stale).await? {
+        if stale.meta().deletion_timestamp.is_none()
+            && self.delete_exact(stale).await? != Removal::Finalizing
+        {
             return Ok(true);
         }
         let (name, uid) = (stale.name_any(), stale.uid());
@@ -515,6 +523,17 @@ async fn status<B: ExecutionResource>(
     }
 }
 
+/// What a deletion with a UID precondition did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Removal {
+    /// The object is gone.
+    Gone,
+    /// The object is still there, being deleted (finalizers).
+    Finalizing,
+    /// It was already gone, or the name holds another object now.
+    WasNotThere,
+}
+
 async fn delete<B: ExecutionResource>(
     backend: &B,
     wfe: &WorkflowExecution,
@@ -538,26 +557,13 @@ async fn delete<B: ExecutionResource>(
     if plan == DeletePlan::AlreadyDeleting {
         return Ok(DeleteOutcome::Deleted);
     }
-    let dp = DeleteParams {
-        propagation_policy: Some(PropagationPolicy::Background),
-        preconditions: Some(Preconditions {
-            uid: object.uid(),
-            resource_version: None,
-        }),
-        ..Default::default()
-    };
-    match resources.api().delete(&name, &dp).await {
-        Ok(_) => {
+    match resources.delete_exact(&object).await? {
+        Removal::Gone | Removal::Finalizing => {
             tracing::debug!(resource = %resources.describe(&name), wfe = %wfe.name_any(), "deleted");
             Ok(DeleteOutcome::Deleted)
         }
-        Err(e) if is_not_found(&e) => Ok(DeleteOutcome::NotFound),
-        // The UID precondition failed: the name now holds another object, ours is gone.
-        Err(e) if is_already_exists(&e) => Ok(DeleteOutcome::NotFound),
-        Err(e) => Err(ExecutorError::from_kube(
-            &format!("delete {}", resources.describe(&name)),
-            e,
-        )),
+        // Gone already, or the UID precondition failed: the name holds another object.
+        Removal::WasNotThere => Ok(DeleteOutcome::NotFound),
     }
 }
 

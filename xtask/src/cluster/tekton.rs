@@ -69,6 +69,7 @@ fn fingerprint(module: &Path, version: &str) -> Result<String> {
         "bundle/main.go",
         "controller/main.go",
         "resolvers/main.go",
+        "internal/probes/probes.go",
     ] {
         h.update(std::fs::read(module.join(f)).with_context(|| format!("reading {f}"))?);
     }

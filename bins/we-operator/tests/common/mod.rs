@@ -1,5 +1,5 @@
-//! Shared by the end-to-end and chaos tests: applying `deploy/`, the operator's ServiceAccount
-//! kubeconfig, the operator process, and an HTTP audit receiver.
+//! Shared by the binary's integration tests: applying `deploy/`, the operator's ServiceAccount
+//! kubeconfig, the operator process, impersonated users, and an HTTP audit receiver.
 
 #![allow(dead_code)]
 
@@ -144,6 +144,18 @@ pub async fn operator_kubeconfig(client: &Client, dir: &Path) -> PathBuf {
     path
 }
 
+/// An admin client that acts as `user` (impersonation), for checks of what a user may do.
+pub async fn as_user(user: &str) -> Client {
+    let mut config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(wfe_testing::kubeconfig_path()).unwrap(),
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    config.auth_info.impersonate = Some(user.to_string());
+    Client::try_from(config).unwrap()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -256,7 +268,9 @@ impl Operator {
 
     /// Whether `/readyz` says this replica leads.
     pub async fn is_leader(&self) -> bool {
-        is_leader_at(&self.health).await
+        http_get(&format!("{}/readyz", self.health))
+            .await
+            .is_some_and(|(code, body)| code == 200 && body.starts_with("ok: leader"))
     }
 
     pub fn pid(&self) -> u32 {
@@ -275,13 +289,6 @@ impl Operator {
             .expect("exits after SIGTERM")
             .unwrap()
     }
-}
-
-/// Whether the replica whose health endpoint is `health` says it leads.
-pub async fn is_leader_at(health: &str) -> bool {
-    http_get(&format!("{health}/readyz"))
-        .await
-        .is_some_and(|(code, body)| code == 200 && body.starts_with("ok: leader"))
 }
 
 pub async fn http_get(url: &str) -> Option<(u16, String)> {

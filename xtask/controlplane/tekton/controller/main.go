@@ -9,10 +9,6 @@ package main
 import (
 	"flag"
 	"log"
-	"net"
-	"net/http"
-	"os"
-	"time"
 
 	"github.com/tektoncd/pipeline/pkg/apis/pipeline"
 	"github.com/tektoncd/pipeline/pkg/apis/pipeline/v1beta1"
@@ -26,6 +22,8 @@ import (
 	"knative.dev/pkg/injection"
 	"knative.dev/pkg/injection/sharedmain"
 	"knative.dev/pkg/signals"
+
+	"we-operator.local/controlplane/tekton/internal/probes"
 )
 
 func main() {
@@ -48,7 +46,7 @@ func main() {
 	cfg.QPS = 2 * 2 * rest.DefaultQPS
 	cfg.Burst = 2 * rest.DefaultBurst
 
-	serveProbes()
+	probes.Serve()
 	ctx := injection.WithNamespaceScope(signals.NewContext(), *namespace)
 	ctx = sharedmain.WithHealthProbesDisabled(ctx)
 	ctx = filteredinformerfactory.WithSelectors(ctx, v1beta1.ManagedByLabelKey)
@@ -58,15 +56,4 @@ func main() {
 		pipelinerun.NewController(opts, clock.RealClock{}),
 		resolutionrequest.NewController(clock.RealClock{}),
 	)
-}
-
-// serveProbes answers /health and /readiness on 127.0.0.1:$PROBES_PORT.
-func serveProbes() {
-	addr := net.JoinHostPort("127.0.0.1", os.Getenv("PROBES_PORT"))
-	ok := func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) }
-	mux := http.NewServeMux()
-	mux.HandleFunc("/health", ok)
-	mux.HandleFunc("/readiness", ok)
-	server := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go func() { log.Fatal(server.ListenAndServe()) }()
 }

@@ -6,12 +6,6 @@
 package main
 
 import (
-	"log"
-	"net"
-	"net/http"
-	"os"
-	"time"
-
 	"github.com/tektoncd/pipeline/pkg/apis/resolution/v1alpha1"
 	"github.com/tektoncd/pipeline/pkg/remoteresolution/resolver/bundle"
 	"github.com/tektoncd/pipeline/pkg/remoteresolution/resolver/framework"
@@ -20,6 +14,8 @@ import (
 	"knative.dev/pkg/injection"
 	"knative.dev/pkg/injection/sharedmain"
 	"knative.dev/pkg/signals"
+
+	"we-operator.local/controlplane/tekton/internal/probes"
 )
 
 func main() {
@@ -27,13 +23,7 @@ func main() {
 	cfg.QPS = 2 * rest.DefaultQPS
 	cfg.Burst = rest.DefaultBurst
 
-	addr := net.JoinHostPort("127.0.0.1", os.Getenv("PROBES_PORT"))
-	ok := func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) }
-	mux := http.NewServeMux()
-	mux.HandleFunc("/health", ok)
-	mux.HandleFunc("/readiness", ok)
-	server := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go func() { log.Fatal(server.ListenAndServe()) }()
+	probes.Serve()
 
 	ctx := sharedmain.WithHealthProbesDisabled(signals.NewContext())
 	ctx = filteredinformerfactory.WithSelectors(ctx, v1alpha1.ManagedByLabelKey)
