@@ -38,6 +38,9 @@ use pki::Pki;
 pub const STATE_DIR: &str = "target/wfe-cluster";
 /// The kubeconfig of the local cluster, relative to the repository root.
 pub const KUBECONFIG: &str = "target/wfe-cluster/kubeconfig";
+/// The kubectl built with the control plane (a link into the binary cache), relative to the
+/// repository root; `export PATH=$PWD/target/wfe-cluster/bin:$PATH` puts it first.
+pub const KUBECTL: &str = "target/wfe-cluster/bin/kubectl";
 /// Guards `up` and `down` against each other (kept outside the state dir, which `down` removes).
 const LOCK_FILE: &str = "target/wfe-cluster.lock";
 const TEKTON_MODULE: &str = "github.com/tektoncd/pipeline";
@@ -208,11 +211,12 @@ fn run_go(mut cmd: Command, what: &str) -> Result<()> {
 
 /// Whether `bin --version` prints a line for which `matches` is true.
 fn version_matches(bin: &Path, matches: impl Fn(&str) -> bool) -> bool {
-    let Ok(out) = Command::new(bin)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .output()
-    else {
+    version_line_matches(bin, &["--version"], matches)
+}
+
+/// Whether `bin ARGS` prints a line for which `matches` is true.
+fn version_line_matches(bin: &Path, args: &[&str], matches: impl Fn(&str) -> bool) -> bool {
+    let Ok(out) = Command::new(bin).args(args).stdin(Stdio::null()).output() else {
         return false;
     };
     let text = format!(
@@ -266,21 +270,31 @@ fn build(root: &Path) -> Result<Built> {
         eprintln!("  kwok built in {:.0?}", t.elapsed());
     }
 
-    // kube-apiserver, kube-controller-manager, kube-scheduler (one go build: shared packages)
+    // kube-apiserver, kube-controller-manager, kube-scheduler and kubectl (one go build:
+    // shared packages). kubectl is built rather than taken from the machine so that its version
+    // matches the server's and a fresh machine needs no kubectl of its own.
     let kube = [
         "kube-apiserver",
         "kube-controller-manager",
         "kube-scheduler",
+        "kubectl",
     ];
     let kube_line = format!("Kubernetes {}", versions.kubernetes);
-    if kube
-        .iter()
-        .all(|b| version_matches(&bin.join(b), |l| l == kube_line))
-    {
+    let kubectl_line = format!("Client Version: {}", versions.kubernetes);
+    let current = |b: &str| {
+        if b == "kubectl" {
+            version_line_matches(&bin.join(b), &["version", "--client"], |l| {
+                l == kubectl_line
+            })
+        } else {
+            version_matches(&bin.join(b), |l| l == kube_line)
+        }
+    };
+    if kube.iter().all(|b| current(b)) {
         eprintln!("kubernetes {}: up to date", versions.kubernetes);
     } else {
         eprintln!(
-            "building kube-apiserver, kube-controller-manager, kube-scheduler {} (cold: about 7 minutes, 2.6 GB RAM)",
+            "building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl {} (cold: about 8 minutes, 2.6 GB RAM)",
             versions.kubernetes
         );
         let t = Instant::now();
@@ -310,8 +324,11 @@ fn build(root: &Path) -> Result<Built> {
             .args(kube.iter().map(|b| format!("k8s.io/kubernetes/cmd/{b}")));
         run_go(cmd, "kubernetes")?;
         for b in kube {
-            if !version_matches(&bin.join(b), |l| l == kube_line) {
-                bail!("the freshly built {b} does not report {kube_line:?}");
+            if !current(b) {
+                bail!(
+                    "the freshly built {b} does not report version {}",
+                    versions.kubernetes
+                );
             }
         }
         eprintln!("  kubernetes built in {:.0?}", t.elapsed());
@@ -750,6 +767,11 @@ fn up(root: &Path, nodes: bool) -> Result<()> {
                 let built = build(root)?;
                 start_nodes(&mut state, &paths, &built, root)?;
             }
+            if !root.join(KUBECTL).exists() {
+                // A cluster started by an older xtask: build (or find) the kubectl it lacks.
+                let built = build(root)?;
+                link_kubectl(root, &built.binary("kubectl"))?;
+            }
             eprintln!("cluster is up ({:.1?})", started.elapsed());
             println!("{}", state.kubeconfig.display());
             return Ok(());
@@ -776,9 +798,13 @@ fn up(root: &Path, nodes: bool) -> Result<()> {
         return Err(cleanup_after_failure(&paths, e));
     }
     eprintln!(
-        "cluster is up ({:.1?}); use it with: export KUBECONFIG={}",
+        "cluster is up ({:.1?}); use it with: export KUBECONFIG={} PATH={}:$PATH",
         started.elapsed(),
-        state.kubeconfig.display()
+        state.kubeconfig.display(),
+        root.join(KUBECTL)
+            .parent()
+            .expect("KUBECTL has a parent")
+            .display()
     );
     println!("{}", state.kubeconfig.display());
     Ok(())
@@ -834,6 +860,7 @@ fn start_core(paths: &Paths, built: &Built, root: &Path) -> Result<State> {
         components: Vec::new(),
     };
     state.save(paths)?;
+    link_kubectl(root, &built.binary("kubectl"))?;
 
     let p = |path: PathBuf| path.display().to_string();
     let etcd_url = format!("http://127.0.0.1:{etcd}");
@@ -1172,6 +1199,17 @@ fn memory_kib(pid: u32) -> Option<(u64, u64)> {
             .ok()
     };
     Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Links the kubectl of the binary cache at [`KUBECTL`], so that scripts, tests and people use
+/// a client of the server's version without installing one.
+fn link_kubectl(root: &Path, built: &Path) -> Result<()> {
+    let link = root.join(KUBECTL);
+    let dir = link.parent().expect("KUBECTL has a parent folder");
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(built, &link)
+        .with_context(|| format!("linking {} to {}", link.display(), built.display()))
 }
 
 /// True when a cluster with node components runs and is healthy.

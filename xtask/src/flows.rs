@@ -263,7 +263,7 @@ pub fn e2e(root: &Path, keep_cluster: bool) -> Result<()> {
 }
 
 fn kubectl(root: &Path, args: &[&str]) -> Result<String> {
-    let out = crate::command("kubectl")
+    let out = crate::command(root.join(cluster::KUBECTL))
         .args(["--kubeconfig", cluster::KUBECONFIG])
         .args(args)
         .current_dir(root)

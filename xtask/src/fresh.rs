@@ -5,7 +5,8 @@
 //! registry, cargo-installed tools (cargo-deny, cargo-fuzz), the Go module and build caches and
 //! the control-plane cache (`~/.cache/we-operator`) all start empty. Only the Rust toolchains
 //! (`RUSTUP_HOME`), Go itself and the system's packages are shared with the machine: they are
-//! what the README asks a user to have. The cold times are written to `fresh-check.json` in the
+//! what the README asks a user to have. A `kubectl` on the machine is hidden behind one that
+//! fails: the project uses the kubectl it builds. The cold times are written to `fresh-check.json` in the
 //! folder and belong in README.md.
 
 use std::{
@@ -140,7 +141,18 @@ impl Env {
         let path = std::env::var_os("PATH").unwrap_or_default();
         let kept = std::env::split_paths(&path)
             .filter(|p| Some(p) != old_cargo_bin.as_ref() && Some(p) != old_go_bin.as_ref());
-        let path = std::env::join_paths(std::iter::once(cargo_bin.clone()).chain(kept))?;
+        // The machine's kubectl, if it has one, is shadowed by a command that fails loudly: the
+        // project builds its own (same version as the server) and must never need another.
+        let shadow = dir.join("shadow");
+        std::fs::create_dir_all(&shadow)?;
+        let fence = shadow.join("kubectl");
+        std::fs::write(
+            &fence,
+            "#!/bin/sh\necho \"fresh-check: the machine's kubectl was called ($*); \
+             use target/wfe-cluster/bin/kubectl\" >&2\nexit 127\n",
+        )?;
+        std::fs::set_permissions(&fence, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        let path = std::env::join_paths([cargo_bin.clone(), shadow].into_iter().chain(kept))?;
         Ok(Self {
             vars: vec![
                 ("HOME", home.into()),

@@ -264,12 +264,10 @@ fn rbac_is_least_privilege() {
 
 /// Runs kubectl against the local cluster.
 fn kubectl(args: &[&str]) -> String {
-    let out = std::process::Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(wfe_testing::kubeconfig_path())
+    let out = wfe_testing::kubectl()
         .args(args)
         .output()
-        .expect("kubectl is installed");
+        .expect("kubectl runs (built by `cargo xtask cluster up`)");
     assert!(
         out.status.success(),
         "kubectl {}: {}",

@@ -33,6 +33,8 @@ use tokio::sync::OnceCell;
 pub const KUBECONFIG_ENV: &str = "WFE_TEST_KUBECONFIG";
 /// The local cluster's kubeconfig, relative to the repository root.
 pub const KUBECONFIG_RELATIVE: &str = "target/wfe-cluster/kubeconfig";
+/// The kubectl linked by `cargo xtask cluster up`, relative to the repository root.
+pub const KUBECTL_RELATIVE: &str = "target/wfe-cluster/bin/kubectl";
 /// Label put on every namespace made by [`namespace`].
 pub const TEST_NAMESPACE_LABEL: &str = "wfe-test";
 /// The fake node run by kwok.
@@ -162,6 +164,22 @@ pub fn kubeconfig_path() -> PathBuf {
         Some(p) => PathBuf::from(p),
         None => repo_root().join(KUBECONFIG_RELATIVE),
     }
+}
+
+/// A `kubectl` command for the test cluster: the kubectl that `cargo xtask cluster up` built
+/// with the control plane (same version as the server), or the one on `PATH` when the tests run
+/// against a cluster of their own (`$WFE_TEST_KUBECONFIG`). `--kubeconfig` is already set.
+pub fn kubectl() -> std::process::Command {
+    let built = repo_root().join(KUBECTL_RELATIVE);
+    let program = if std::env::var_os(KUBECONFIG_ENV).is_none_or(|v| v.is_empty()) && built.exists()
+    {
+        built.into_os_string()
+    } else {
+        "kubectl".into()
+    };
+    let mut cmd = std::process::Command::new(program);
+    cmd.arg("--kubeconfig").arg(kubeconfig_path());
+    cmd
 }
 
 /// An admin client for the test cluster, starting the local cluster if needed (see the
