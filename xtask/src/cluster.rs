@@ -46,10 +46,11 @@ const LOCK_FILE: &str = "target/wfe-cluster.lock";
 const TEKTON_MODULE: &str = "github.com/tektoncd/pipeline";
 const NODE_NAME: &str = "kwok-node-0";
 const FIELD_MANAGER: &str = "wfe-xtask";
-/// Controllers run by kube-controller-manager with `--nodes`.
+/// Controllers run by kube-controller-manager with `--nodes` (Deployments and ReplicaSets for
+/// the chart's install check).
 const CONTROLLERS: &str = "job-controller,garbage-collector-controller,namespace-controller,\
 ttl-after-finished-controller,pod-garbage-collector-controller,serviceaccount-controller,\
-serviceaccount-token-controller";
+serviceaccount-token-controller,deployment-controller,replicaset-controller";
 
 #[derive(Subcommand, Debug)]
 pub enum ClusterCmd {
@@ -148,7 +149,7 @@ impl Versions {
 }
 
 /// The version a go.mod requires of `module` (ignoring `replace` lines).
-fn gomod_version(gomod: &Path, module: &str) -> Result<String> {
+pub(crate) fn gomod_version(gomod: &Path, module: &str) -> Result<String> {
     let text =
         std::fs::read_to_string(gomod).with_context(|| format!("reading {}", gomod.display()))?;
     for line in text.lines() {
@@ -166,7 +167,7 @@ fn gomod_version(gomod: &Path, module: &str) -> Result<String> {
     bail!("{} does not require {module}", gomod.display())
 }
 
-fn cache_root() -> Result<PathBuf> {
+pub(crate) fn cache_root() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os("WFE_CP_CACHE").filter(|v| !v.is_empty()) {
         return Ok(PathBuf::from(dir));
     }
@@ -188,7 +189,7 @@ impl Built {
     }
 }
 
-fn go(dir: &Path) -> Command {
+pub(crate) fn go(dir: &Path) -> Command {
     let mut cmd = Command::new("go");
     cmd.current_dir(dir)
         .env("GOWORK", "off")
@@ -198,7 +199,7 @@ fn go(dir: &Path) -> Command {
     cmd
 }
 
-fn run_go(mut cmd: Command, what: &str) -> Result<()> {
+pub(crate) fn run_go(mut cmd: Command, what: &str) -> Result<()> {
     eprintln!("  $ {cmd:?}");
     let status = cmd
         .status()
@@ -342,6 +343,21 @@ fn build(root: &Path) -> Result<Built> {
         bin,
         tekton_crds,
     })
+}
+
+/// The `crane` of the binary cache (go-containerregistry's registry client), built if needed.
+pub fn crane(root: &Path) -> Result<PathBuf> {
+    Ok(build(root)?.binary("crane"))
+}
+
+/// The address (`127.0.0.1:PORT`) of the running local cluster's OCI registry.
+pub fn registry(root: &Path) -> Result<String> {
+    let paths = Paths::new(root);
+    let state = State::load(&paths)?.ok_or_else(|| anyhow!("no local cluster is running"))?;
+    if state.ports.registry == 0 {
+        bail!("the local cluster runs without its registry (start it with --nodes)");
+    }
+    Ok(format!("127.0.0.1:{}", state.ports.registry))
 }
 
 /// Downloads the Tekton module (a plain Go module download) and returns its CRD directory.

@@ -78,6 +78,7 @@ pub fn test(root: &Path, keep_cluster: bool) -> Result<()> {
         ],
     )?;
     crate::crdgen(true)?;
+    crate::monitoring::check(root)?;
     supply_chain(root)?;
     let started = ensure_cluster(root)?;
     let result = (|| {
@@ -87,6 +88,8 @@ pub fn test(root: &Path, keep_cluster: bool) -> Result<()> {
             "cargo",
             &["test", "--workspace", "--locked", "--no-fail-fast"],
         )?;
+        image_check(root)?;
+        crate::chart::run(root, crate::chart::ChartCmd::Check)?;
         e2e_inner(root)?;
         chaos_inner(root, 40, 5, 5)?;
         fuzz(root, 15)
@@ -96,6 +99,22 @@ pub fn test(root: &Path, keep_cluster: bool) -> Result<()> {
     }
     result?;
     println!("\nall checks passed in {:.0?}", start.elapsed());
+    Ok(())
+}
+
+/// The image: built (static binary, SBOM, OCI layout), pushed to the local cluster's registry,
+/// pulled back by digest, validated blob by blob, and its binary run.
+fn image_check(root: &Path) -> Result<()> {
+    let t = Instant::now();
+    let repo = format!("{}/we-operator", cluster::registry(root)?);
+    crate::image::run(
+        root,
+        &crate::image::Args {
+            platform: vec!["linux/amd64".into()],
+            push: Some(repo),
+        },
+    )?;
+    eprintln!("==> image: checked in {:.0?}", t.elapsed());
     Ok(())
 }
 

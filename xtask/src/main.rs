@@ -1,9 +1,12 @@
 //! `cargo xtask`: project automation.
 
 mod bench;
+mod chart;
 mod cluster;
 mod flows;
 mod fresh;
+mod image;
+mod monitoring;
 
 use std::path::PathBuf;
 
@@ -62,6 +65,16 @@ enum Cmd {
     /// The README's two commands (demo, test) on a clone of HEAD with empty HOME, cargo and Go
     /// caches, as on a new machine; prints the cold times.
     FreshCheck(fresh::Args),
+    /// The Helm chart (deploy/chart/we-operator): render the plain manifests, or check it.
+    Chart {
+        #[command(subcommand)]
+        cmd: chart::ChartCmd,
+    },
+    /// Check the alert rules (promtool check and test), the dashboard and the metrics reference.
+    Monitoring,
+    /// The operator's OCI image (static binary, non-root, CA bundle, SBOM) in target/image/oci,
+    /// without a container daemon; `--push REPO` also pushes it.
+    Image(image::Args),
     /// The local Kubernetes control plane for tests (see docs/controlplane.md).
     Cluster {
         #[command(subcommand)]
@@ -116,6 +129,9 @@ fn main() -> Result<()> {
         } => flows::chaos(&repo_root(), executions, kills, keep_cluster),
         Cmd::Bench(args) => bench::run(&repo_root(), args),
         Cmd::FreshCheck(args) => fresh::run(&repo_root(), args),
+        Cmd::Chart { cmd } => chart::run(&repo_root(), cmd),
+        Cmd::Monitoring => monitoring::check(&repo_root()),
+        Cmd::Image(args) => image::run(&repo_root(), &args).map(drop),
     }
 }
 
@@ -125,7 +141,16 @@ pub(crate) fn crdgen(check: bool) -> Result<()> {
         &wfe_api::crd_reference_markdown(),
         check,
     )?;
-    write_generated(wfe_api::CRD_PATH, &wfe_api::crd_yaml(), check)
+    write_generated(wfe_api::CRD_PATH, &wfe_api::crd_yaml(), check)?;
+    // The chart installs the same CRD (a chart reads files only from its own folder).
+    write_generated(
+        &format!(
+            "{}/files/workflowexecutions.kubernaut.ai.yaml",
+            chart::CHART
+        ),
+        &wfe_api::crd_yaml(),
+        check,
+    )
 }
 
 fn write_generated(relative: &str, yaml: &str, check: bool) -> Result<()> {

@@ -13,6 +13,20 @@ use axum::{Router, extract::State as AxumState, http::StatusCode, routing::get};
 use metrics_exporter_prometheus::PrometheusHandle;
 use wfe_controller::Health;
 
+/// 1 while this replica leads (reconciles), 0 while it waits; the sum over replicas is 1 when the
+/// operator works, 0 when none leads.
+pub const LEADER: &str = "workflowexecution_leader";
+/// Always 1, labelled with the operator's version (joins with other series by pod).
+pub const BUILD_INFO: &str = "workflowexecution_build_info";
+
+/// Describes the process-level metrics and sets the ones known at start.
+pub fn describe() {
+    metrics::describe_gauge!(LEADER, "1 while this replica is the leader, else 0");
+    metrics::describe_gauge!(BUILD_INFO, "Always 1; the version label names the build");
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    metrics::gauge!(LEADER).set(0.0);
+}
+
 /// What the endpoints report.
 #[derive(Debug)]
 pub struct State {
@@ -40,6 +54,7 @@ impl State {
 
     pub fn set_leader(&self, leader: bool) {
         self.leader.store(leader, Ordering::Relaxed);
+        metrics::gauge!(LEADER).set(if leader { 1.0 } else { 0.0 });
     }
 
     fn readiness(&self) -> Result<String, String> {

@@ -246,6 +246,7 @@ async fn run(args: RunArgs) -> Result<()> {
         .context("cannot install the metrics recorder")?;
     wfe_controller::metrics::describe();
     apicount::describe();
+    admin::describe();
 
     let health = Arc::new(Health::default());
     let state = Arc::new(admin::State::new(

@@ -389,6 +389,17 @@ async fn oomkill_remediation_through_the_job_backend_and_tekton_regression() {
         })
         .unwrap_or_else(|| panic!("no job success counted in /metrics:\n{metrics}"));
     println!("metrics: {line}");
+    // The process metrics alerts rely on: this replica leads, and says which build it is.
+    for (name, want) in [
+        ("workflowexecution_leader ", "1"),
+        ("workflowexecution_build_info{version=", "1"),
+    ] {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{metrics}"));
+        assert!(line.ends_with(&format!(" {want}")), "{line}");
+    }
 
     // A failing Job: exit code 2 with a termination message; then the target is blocked.
     let spec = catalog_spec(

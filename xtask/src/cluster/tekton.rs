@@ -35,8 +35,9 @@ use sha2::{Digest, Sha256};
 
 use super::{Built, FIELD_MANAGER, Paths, State, free_ports, go, run_go, spawn, wait_healthy};
 
-/// The binaries built from the wrapper module, as (package, name in the cache).
-const BINARIES: [(&str, &str); 4] = [
+/// The binaries built from the wrapper module, as (package, name in the cache). `crane` is not
+/// part of the cluster: `cargo xtask image` pushes and pulls the operator's image with it.
+const BINARIES: [(&str, &str); 5] = [
     ("./controller", "tekton-controller"),
     ("./resolvers", "tekton-resolvers"),
     (
@@ -44,6 +45,7 @@ const BINARIES: [(&str, &str); 4] = [
         "oci-registry",
     ),
     ("./bundle", "tekton-bundle"),
+    ("github.com/google/go-containerregistry/cmd/crane", "crane"),
 ];
 const STAMP: &str = "tekton.stamp";
 const CONTROLLER_NS: &str = "tekton-pipelines";
@@ -76,7 +78,7 @@ fn fingerprint(module: &Path, version: &str) -> Result<String> {
     Ok(format!("tektoncd/pipeline {version} {:x}", h.finalize()))
 }
 
-/// Builds the Tekton controller and resolvers, the registry and the bundle publisher into `bin`
+/// Builds the Tekton controller and resolvers, the registry, crane and the bundle publisher into `bin`
 /// unless the stamp says they are up to date.
 pub(super) fn build(module: &Path, bin: &Path, version: &str) -> Result<()> {
     let want = fingerprint(module, version)?;
