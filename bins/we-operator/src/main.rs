@@ -6,7 +6,6 @@
 
 mod admin;
 mod apicount;
-mod webhook;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -131,26 +130,6 @@ struct RunArgs {
     /// paged lists: less memory at start-up; set to false for API servers without WatchList.
     #[arg(long, env = "WFE_STREAMING_LISTS", default_value_t = true, action = clap::ArgAction::Set)]
     streaming_lists: bool,
-    /// Serve the block-clearing admission webhook (TLS) on this address.
-    #[arg(long, env = "WFE_WEBHOOK_ADDRESS", requires_all = ["webhook_cert_file", "webhook_key_file", "clearance_key_file"])]
-    webhook_address: Option<SocketAddr>,
-    /// PEM certificate of the webhook.
-    #[arg(long, env = "WFE_WEBHOOK_CERT_FILE")]
-    webhook_cert_file: Option<std::path::PathBuf>,
-    /// PEM private key of the webhook.
-    #[arg(long, env = "WFE_WEBHOOK_KEY_FILE")]
-    webhook_key_file: Option<std::path::PathBuf>,
-    /// File with the secret (at least 32 bytes) that signs and verifies clearance attestations;
-    /// the same for every replica. Without it, clearances are recorded as `clearedBy: unknown`.
-    #[arg(long, env = "WFE_CLEARANCE_KEY_FILE")]
-    clearance_key_file: Option<std::path::PathBuf>,
-    /// The operator's own user name, the only one allowed to write status.blockClearance.
-    #[arg(
-        long,
-        env = "WFE_OPERATOR_USERNAME",
-        default_value = "system:serviceaccount:kubernaut-system:we-operator"
-    )]
-    operator_username: String,
 }
 
 fn init_logging(format: LogFormat, level: &str) -> Result<()> {
@@ -254,30 +233,6 @@ async fn run(args: RunArgs) -> Result<()> {
         args.leader_election,
     ));
     admin::serve(state.clone(), args.health_address, args.metrics_address).await?;
-    let clearance_key = match &args.clearance_key_file {
-        Some(path) => Some(
-            wfe_controller::clearance::ClearanceKey::new(
-                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
-            )
-            .map_err(anyhow::Error::msg)?,
-        ),
-        None => None,
-    };
-    if let (Some(addr), Some(cert), Some(key), Some(clearance)) = (
-        args.webhook_address,
-        &args.webhook_cert_file,
-        &args.webhook_key_file,
-        &clearance_key,
-    ) {
-        webhook::serve(
-            addr,
-            cert,
-            key,
-            clearance.clone(),
-            args.operator_username.clone(),
-        )
-        .await?;
-    }
 
     let client = apicount::client()
         .await
@@ -345,7 +300,6 @@ async fn run(args: RunArgs) -> Result<()> {
             concurrency: args.concurrency,
             watch_namespace: watch_scope(args.watch_namespace.as_deref(), &own_namespace(&client)),
             execution_namespace: args.execution_namespace.clone(),
-            clearance_key,
             streaming_lists: args.streaming_lists,
         },
         audit,

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::{
     admissionregistration::v1::{
-        MutatingWebhookConfiguration, ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
-        ValidatingWebhookConfiguration,
+        MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding, ValidatingAdmissionPolicy,
+        ValidatingAdmissionPolicyBinding,
     },
     apps::v1::Deployment,
     core::v1::{Namespace, Pod, Service, ServiceAccount},
@@ -91,22 +91,16 @@ fn every_manifest_parses_into_its_type() {
                 let b: ValidatingAdmissionPolicyBinding = typed(&doc);
                 assert_eq!(b.spec.validation_actions, vec!["Deny".to_string()]);
             }
-            "MutatingWebhookConfiguration" => {
-                let m: MutatingWebhookConfiguration = typed(&doc);
-                let hook = &m.webhooks.unwrap()[0];
+            "MutatingAdmissionPolicy" => {
+                let p: MutatingAdmissionPolicy = typed(&doc);
                 assert_eq!(
-                    hook.client_config.service.as_ref().unwrap().path.as_deref(),
-                    Some("/mutate-workflowexecution")
+                    p.spec.unwrap().failure_policy.as_deref(),
+                    Some("Fail"),
+                    "{}: an identity stamp must not be skipped",
+                    path.display()
                 );
             }
-            "ValidatingWebhookConfiguration" => {
-                let v: ValidatingWebhookConfiguration = typed(&doc);
-                let hook = &v.webhooks.unwrap()[0];
-                assert_eq!(
-                    hook.client_config.service.as_ref().unwrap().path.as_deref(),
-                    Some("/validate-workflowexecution-status")
-                );
-            }
+            "MutatingAdmissionPolicyBinding" => drop(typed::<MutatingAdmissionPolicyBinding>(&doc)),
             "WorkflowExecution" => {
                 let w: WorkflowExecution = typed(&doc);
                 w.spec

@@ -212,6 +212,15 @@ pub fn build(wfe: &WorkflowExecution, event_type: &str) -> AuditEvent {
         ),
     };
     put("phase", json!(phase));
+    // Who asked for the execution, as the API server stamped it at creation (#18).
+    put(
+        "created_by",
+        json!(
+            wfe.annotations()
+                .get(wfe_api::CREATED_BY_ANNOTATION)
+                .map_or(crate::clearance::UNKNOWN, String::as_str)
+        ),
+    );
     if event_type != types::SELECTION_COMPLETED && event_type != types::BLOCK_CLEARED {
         let params: Map<String, Value> = spec
             .effective_parameters()
@@ -441,6 +450,26 @@ mod tests {
         assert_eq!(a.event_timestamp, "2026-01-01T00:00:09Z");
         assert_eq!(a.event_outcome, "failure");
         assert_eq!(a.event_data["parameters"]["podName"], "app");
+    }
+
+    #[test]
+    fn events_name_the_creating_identity_stamped_by_admission() {
+        let status = json!({"phase": "Running", "startTime": "2026-01-01T00:00:01Z"});
+        let unstamped = build(&wfe(status.clone()), types::EXECUTION_STARTED);
+        assert_eq!(unstamped.event_data["created_by"], "unknown");
+        let mut stamped = wfe(status);
+        stamped.metadata.annotations = Some(
+            [(
+                wfe_api::CREATED_BY_ANNOTATION.to_string(),
+                "system:serviceaccount:kubernaut-system:orchestrator".to_string(),
+            )]
+            .into(),
+        );
+        let e = build(&stamped, types::EXECUTION_STARTED);
+        assert_eq!(
+            e.event_data["created_by"],
+            "system:serviceaccount:kubernaut-system:orchestrator"
+        );
     }
 
     #[test]

@@ -145,7 +145,6 @@ impl Harness {
             concurrency: 8,
             watch_namespace: Some(ns.clone()),
             execution_namespace: exec_ns.clone(),
-            clearance_key: None,
             streaming_lists: true,
         };
         let mut h = Harness {
