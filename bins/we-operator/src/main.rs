@@ -130,6 +130,30 @@ struct RunArgs {
     /// paged lists: less memory at start-up; set to false for API servers without WatchList.
     #[arg(long, env = "WFE_STREAMING_LISTS", default_value_t = true, action = clap::ArgAction::Set)]
     streaming_lists: bool,
+    /// YAML file with the workflow policy: allowed image repositories, service accounts and
+    /// Secrets, by default and per workflow (docs/security.md). Without it nothing is restricted
+    /// beyond digest pinning.
+    #[arg(long, env = "WFE_WORKFLOW_POLICY_FILE")]
+    workflow_policy_file: Option<std::path::PathBuf>,
+}
+
+/// The workflow policy of `--workflow-policy-file`; a policy that does not parse stops the
+/// operator (running unrestricted by mistake is worse than not running).
+fn workflow_policy(
+    path: Option<&std::path::Path>,
+) -> Result<wfe_controller::policy::WorkflowPolicy> {
+    let Some(path) = path else {
+        tracing::warn!(
+            "no --workflow-policy-file: any image repository, service account and Secret may be requested"
+        );
+        return Ok(Default::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the workflow policy {}", path.display()))?;
+    let policy = wfe_controller::policy::WorkflowPolicy::from_yaml(&text)
+        .with_context(|| format!("invalid workflow policy {}", path.display()))?;
+    tracing::info!(path = %path.display(), workflows = policy.workflows.len(), "workflow policy loaded");
+    Ok(policy)
 }
 
 fn init_logging(format: LogFormat, level: &str) -> Result<()> {
@@ -301,6 +325,7 @@ async fn run(args: RunArgs) -> Result<()> {
             watch_namespace: watch_scope(args.watch_namespace.as_deref(), &own_namespace(&client)),
             execution_namespace: args.execution_namespace.clone(),
             streaming_lists: args.streaming_lists,
+            policy: workflow_policy(args.workflow_policy_file.as_deref())?,
         },
         audit,
         reporter: Reporter {

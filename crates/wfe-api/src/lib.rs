@@ -31,6 +31,7 @@
 
 mod catalog;
 mod engine;
+pub mod kinds;
 mod target;
 mod types;
 mod validate;

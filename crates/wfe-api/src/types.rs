@@ -308,7 +308,8 @@ pub struct BlockClearance {
     /// When the block was cleared.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cleared_at: Option<Time>,
-    /// Authenticated user who cleared it, or `unknown` when no identity was attested.
+    /// Authenticated user who cleared it, as the API server stamped it in the `kubernaut.ai/cleared-by`
+    /// annotation (deploy/admission-policies.yaml), or `unknown` when there is no stamp.
     pub cleared_by: String,
     /// Why it was cleared (at least 10 words).
     pub clear_reason: String,

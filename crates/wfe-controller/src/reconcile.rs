@@ -53,6 +53,8 @@ pub struct ControllerConfig {
     /// so the start-up peak of memory does not grow with page size. Needs an API server that
     /// serves WatchList (on by default in recent Kubernetes releases).
     pub streaming_lists: bool,
+    /// #18: what a WorkflowExecution may ask for (crate::policy); the default restricts nothing.
+    pub policy: crate::policy::WorkflowPolicy,
 }
 
 impl Default for ControllerConfig {
@@ -64,6 +66,7 @@ impl Default for ControllerConfig {
             watch_namespace: None,
             execution_namespace: "kubernaut-workflows".into(),
             streaming_lists: true,
+            policy: crate::policy::WorkflowPolicy::default(),
         }
     }
 }
@@ -598,6 +601,13 @@ impl Context {
             let f = Failure::new(FailureReason::ConfigurationError, message, false);
             return self
                 .fail_before(&wfe, f, None, false, "WorkflowValidationFailed")
+                .await;
+        }
+
+        // #18: canonical target and workflow policy (crate::preflight).
+        if let Some(r) = crate::preflight::check(&self.client, &self.cfg, &wfe).await? {
+            return self
+                .fail_before(&wfe, r.failure, None, false, r.event_reason)
                 .await;
         }
 
