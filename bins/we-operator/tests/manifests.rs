@@ -77,6 +77,16 @@ fn every_manifest_parses_into_its_type() {
             "RoleBinding" => drop(typed::<RoleBinding>(&doc)),
             "Deployment" => drop(typed::<Deployment>(&doc)),
             "Service" => drop(typed::<Service>(&doc)),
+            // The workflow policy: what the operator will parse at start.
+            "ConfigMap" => {
+                let cm: k8s_openapi::api::core::v1::ConfigMap = typed(&doc);
+                let data = cm.data.unwrap_or_default();
+                let text = data
+                    .get("policy.yaml")
+                    .unwrap_or_else(|| panic!("{}: no policy.yaml", path.display()));
+                wfe_controller::policy::WorkflowPolicy::from_yaml(text)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            }
             "CustomResourceDefinition" => drop(typed::<CustomResourceDefinition>(&doc)),
             "ValidatingAdmissionPolicy" => {
                 let p: ValidatingAdmissionPolicy = typed(&doc);
@@ -284,6 +294,7 @@ async fn deploy_applies_server_side_and_pods_are_admitted_as_restricted() {
         "namespaces.yaml",
         "crds/workflowexecutions.kubernaut.ai.yaml",
         "rbac.yaml",
+        "workflow-policy.yaml",
         "deployment.yaml",
         "service.yaml",
         "workflow-runner.yaml",
