@@ -90,6 +90,12 @@ struct RunArgs {
     /// stdout when unset.
     #[arg(long, env = "WFE_AUDIT_URL")]
     audit_url: Option<String>,
+    /// PEM file of the CA that signs the audit service's certificate (for a private CA).
+    #[arg(long, env = "WFE_AUDIT_CA_FILE")]
+    audit_ca_file: Option<std::path::PathBuf>,
+    /// File with a bearer token for the audit service, re-read for every batch (rotation).
+    #[arg(long, env = "WFE_AUDIT_TOKEN_FILE")]
+    audit_token_file: Option<std::path::PathBuf>,
     /// Timeout of one audit request.
     #[arg(long, env = "WFE_AUDIT_TIMEOUT", default_value = "10s", value_parser = duration)]
     audit_timeout: Duration,
@@ -304,7 +310,14 @@ async fn run(args: RunArgs) -> Result<()> {
             },
         )));
     let audit: Arc<dyn wfe_controller::AuditSink> = match &args.audit_url {
-        Some(url) => Arc::new(HttpSink::new(url, args.audit_timeout)?),
+        Some(url) => Arc::new(HttpSink::with_auth(
+            url,
+            args.audit_timeout,
+            &wfe_controller::audit::HttpAuth {
+                ca_file: args.audit_ca_file.clone(),
+                token_file: args.audit_token_file.clone(),
+            },
+        )?),
         None => Arc::new(StdoutSink),
     };
     if args.cooldown.is_zero() {
