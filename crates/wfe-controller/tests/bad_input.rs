@@ -483,3 +483,77 @@ async fn malformed_and_hostile_requests() {
         .await;
     h.wait_phase("still-serving", Phase::Succeeded).await;
 }
+
+/// The API server's refusals name the culprit (CEL `messageExpression`): the offending parameter
+/// key (the first one, at most 64 characters of it), the target, the timeout, the confidence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_quote_the_offending_value() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = wfe_testing::client().await;
+    let ns = wfe_testing::namespace(&client, "bad-quote").await;
+    let api = kube::Api::<kube::core::DynamicObject>::namespaced_with(
+        client.clone(),
+        &ns,
+        &kube::core::ApiResource::erase::<WorkflowExecution>(&()),
+    );
+    let long_key = format!("9{}", "k".repeat(99));
+    let cases: Vec<(&str, Value, String)> = vec![
+        (
+            "bad-key",
+            with(
+                valid_spec("n/Deployment/q1"),
+                &["parameters"],
+                json!({"GOOD": "x", "bad-key": "y"}),
+            ),
+            "valid environment variable names ([A-Za-z_][A-Za-z0-9_]*); refused: \"bad-key\""
+                .to_string(),
+        ),
+        (
+            "reserved",
+            with(
+                valid_spec("n/Deployment/q2"),
+                &["parameters"],
+                json!({"GOOD": "x", "WFE_NAME": "y"}),
+            ),
+            "are reserved; refused: \"WFE_NAME\"".to_string(),
+        ),
+        (
+            "long-key",
+            with(
+                valid_spec("n/Deployment/q3"),
+                &["parameters"],
+                json!({ long_key.as_str(): "y" }),
+            ),
+            format!("refused: \"{}...\"", &long_key[..64]),
+        ),
+        (
+            "target",
+            valid_spec("n//x"),
+            "targetResource \"n//x\" must be".to_string(),
+        ),
+        (
+            "timeout",
+            with(
+                valid_spec("n/Deployment/q4"),
+                &["executionConfig"],
+                json!({"timeout": "-5m"}),
+            ),
+            "timeout \"-5m\" must be a positive duration".to_string(),
+        ),
+        (
+            "confidence",
+            with(valid_spec("n/Deployment/q5"), &["confidence"], json!(7)),
+            "confidence must be between 0 and 1, got more than 1".to_string(),
+        ),
+    ];
+    for (name, spec, text) in cases {
+        let obj: kube::core::DynamicObject =
+            serde_json::from_value(object(&ns, name, spec)).unwrap();
+        let err = api
+            .create(&PostParams::default(), &obj)
+            .await
+            .expect_err(name)
+            .to_string();
+        assert!(err.contains(&text), "{name}: {err} lacks {text}");
+    }
+}
