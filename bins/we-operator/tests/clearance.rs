@@ -160,21 +160,34 @@ async fn the_api_server_stamps_who_created_and_who_cleared_and_refuses_forgeries
     let alice: Api<WorkflowExecution> = Api::namespaced(as_user("alice").await, &ns);
     let mallory: Api<WorkflowExecution> = Api::namespaced(as_user("mallory").await, &ns);
 
-    // The API server loads new policies within a second or two: wait until a dry-run create
-    // comes back stamped.
+    // The API server loads new policies and bindings within a second or two: wait until dry
+    // runs show all three at work (both stamps, and a forged stamp refused).
     let dry = PostParams {
         dry_run: true,
         ..Default::default()
     };
     wfe_testing::wait_for(
-        "the created-by policy to stamp",
+        "the identity policies to be in force",
         Duration::from_secs(30),
         || async {
-            alice
-                .create(&dry, &request(&ns, "probe", json!({})))
+            let stamped = alice
+                .create(
+                    &dry,
+                    &request(&ns, "probe", json!({"kubernaut.ai/clear-block": REASON})),
+                )
                 .await
-                .ok()
-                .filter(|w| w.annotations().contains_key(CREATED_BY_ANNOTATION))
+                .ok()?;
+            let a = stamped.annotations();
+            (a.get(CREATED_BY_ANNOTATION)? == "alice" && a.get(CLEARED_BY_ANNOTATION)? == "alice")
+                .then_some(())?;
+            alice
+                .create(
+                    &dry,
+                    &request(&ns, "probe", json!({CLEARED_BY_ANNOTATION: "bob"})),
+                )
+                .await
+                .is_err()
+                .then_some(())
         },
     )
     .await;
