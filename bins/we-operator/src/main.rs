@@ -232,6 +232,8 @@ async fn shutdown_signal() {
 
 async fn run(args: RunArgs) -> Result<()> {
     init_logging(args.log_format, &args.log_level)?;
+    // A bad policy stops the operator before it serves or connects to anything.
+    let policy = workflow_policy(args.workflow_policy_file.as_deref())?;
     // reqwest uses rustls without a built-in provider; kube brings ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -338,7 +340,7 @@ async fn run(args: RunArgs) -> Result<()> {
             watch_namespace: watch_scope(args.watch_namespace.as_deref(), &own_namespace(&client)),
             execution_namespace: args.execution_namespace.clone(),
             streaming_lists: args.streaming_lists,
-            policy: workflow_policy(args.workflow_policy_file.as_deref())?,
+            policy,
         },
         audit,
         reporter: Reporter {
