@@ -251,6 +251,13 @@ fn rbac_is_least_privilege() {
                 "Secrets: metadata reads for the pre-flight check only"
             );
         }
+        if resources.iter().any(|r| r == "customresourcedefinitions") {
+            assert_eq!(
+                rule.resource_names.as_deref(),
+                Some(&["workflowexecutions.kubernaut.ai".to_string()][..]),
+                "CRDs: only our own, by name"
+            );
+        }
         if resources.iter().any(|r| r == "pods") {
             assert!(
                 !rule.verbs.iter().any(|v| v == "create"),
