@@ -251,6 +251,12 @@ fn rbac_is_least_privilege() {
                 "Secrets: metadata reads for the pre-flight check only"
             );
         }
+        assert!(
+            !resources
+                .iter()
+                .any(|r| r == "workflowexecutions/finalizers"),
+            "{scope}: the finalizer is patched on the object; the subresource is unused"
+        );
         if resources.iter().any(|r| r == "customresourcedefinitions") {
             assert_eq!(
                 rule.resource_names.as_deref(),
