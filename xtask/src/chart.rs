@@ -25,7 +25,7 @@ const HEADER: &str =
     "# Rendered from deploy/chart/we-operator by `cargo xtask chart render`. Do not edit.\n";
 
 /// The plain manifests: (file in deploy/, templates shown, extra `--set`s).
-const PLAIN: [(&str, &[&str], &[&str]); 9] = [
+const PLAIN: [(&str, &[&str], &[&str]); 10] = [
     ("namespaces.yaml", &["templates/namespaces.yaml"], &[]),
     ("rbac.yaml", &["templates/rbac.yaml"], &[]),
     ("deployment.yaml", &["templates/deployment.yaml"], &[]),
@@ -41,6 +41,11 @@ const PLAIN: [(&str, &[&str], &[&str]); 9] = [
     (
         "workflow-runner.yaml",
         &["templates/workflow-runner.yaml"],
+        &[],
+    ),
+    (
+        "workflow-policy.yaml",
+        &["templates/workflow-policy.yaml"],
         &[],
     ),
     (

@@ -6,7 +6,6 @@
 
 mod admin;
 mod apicount;
-mod webhook;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -91,6 +90,12 @@ struct RunArgs {
     /// stdout when unset.
     #[arg(long, env = "WFE_AUDIT_URL")]
     audit_url: Option<String>,
+    /// PEM file of the CA that signs the audit service's certificate (for a private CA).
+    #[arg(long, env = "WFE_AUDIT_CA_FILE")]
+    audit_ca_file: Option<std::path::PathBuf>,
+    /// File with a bearer token for the audit service, re-read for every batch (rotation).
+    #[arg(long, env = "WFE_AUDIT_TOKEN_FILE")]
+    audit_token_file: Option<std::path::PathBuf>,
     /// Timeout of one audit request.
     #[arg(long, env = "WFE_AUDIT_TIMEOUT", default_value = "10s", value_parser = duration)]
     audit_timeout: Duration,
@@ -131,26 +136,30 @@ struct RunArgs {
     /// paged lists: less memory at start-up; set to false for API servers without WatchList.
     #[arg(long, env = "WFE_STREAMING_LISTS", default_value_t = true, action = clap::ArgAction::Set)]
     streaming_lists: bool,
-    /// Serve the block-clearing admission webhook (TLS) on this address.
-    #[arg(long, env = "WFE_WEBHOOK_ADDRESS", requires_all = ["webhook_cert_file", "webhook_key_file", "clearance_key_file"])]
-    webhook_address: Option<SocketAddr>,
-    /// PEM certificate of the webhook.
-    #[arg(long, env = "WFE_WEBHOOK_CERT_FILE")]
-    webhook_cert_file: Option<std::path::PathBuf>,
-    /// PEM private key of the webhook.
-    #[arg(long, env = "WFE_WEBHOOK_KEY_FILE")]
-    webhook_key_file: Option<std::path::PathBuf>,
-    /// File with the secret (at least 32 bytes) that signs and verifies clearance attestations;
-    /// the same for every replica. Without it, clearances are recorded as `clearedBy: unknown`.
-    #[arg(long, env = "WFE_CLEARANCE_KEY_FILE")]
-    clearance_key_file: Option<std::path::PathBuf>,
-    /// The operator's own user name, the only one allowed to write status.blockClearance.
-    #[arg(
-        long,
-        env = "WFE_OPERATOR_USERNAME",
-        default_value = "system:serviceaccount:kubernaut-system:we-operator"
-    )]
-    operator_username: String,
+    /// YAML file with the workflow policy: allowed image repositories, service accounts and
+    /// Secrets, by default and per workflow (docs/security.md). Without it nothing is restricted
+    /// beyond digest pinning.
+    #[arg(long, env = "WFE_WORKFLOW_POLICY_FILE")]
+    workflow_policy_file: Option<std::path::PathBuf>,
+}
+
+/// The workflow policy of `--workflow-policy-file`; a policy that does not parse stops the
+/// operator (running unrestricted by mistake is worse than not running).
+fn workflow_policy(
+    path: Option<&std::path::Path>,
+) -> Result<wfe_controller::policy::WorkflowPolicy> {
+    let Some(path) = path else {
+        tracing::warn!(
+            "no --workflow-policy-file: any image repository, service account and Secret may be requested"
+        );
+        return Ok(Default::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the workflow policy {}", path.display()))?;
+    let policy = wfe_controller::policy::WorkflowPolicy::from_yaml(&text)
+        .with_context(|| format!("invalid workflow policy {}", path.display()))?;
+    tracing::info!(path = %path.display(), workflows = policy.workflows.len(), "workflow policy loaded");
+    Ok(policy)
 }
 
 fn init_logging(format: LogFormat, level: &str) -> Result<()> {
@@ -223,6 +232,8 @@ async fn shutdown_signal() {
 
 async fn run(args: RunArgs) -> Result<()> {
     init_logging(args.log_format, &args.log_level)?;
+    // A bad policy stops the operator before it serves or connects to anything.
+    let policy = workflow_policy(args.workflow_policy_file.as_deref())?;
     // reqwest uses rustls without a built-in provider; kube brings ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -255,30 +266,6 @@ async fn run(args: RunArgs) -> Result<()> {
         args.leader_election,
     ));
     admin::serve(state.clone(), args.health_address, args.metrics_address).await?;
-    let clearance_key = match &args.clearance_key_file {
-        Some(path) => Some(
-            wfe_controller::clearance::ClearanceKey::new(
-                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
-            )
-            .map_err(anyhow::Error::msg)?,
-        ),
-        None => None,
-    };
-    if let (Some(addr), Some(cert), Some(key), Some(clearance)) = (
-        args.webhook_address,
-        &args.webhook_cert_file,
-        &args.webhook_key_file,
-        &clearance_key,
-    ) {
-        webhook::serve(
-            addr,
-            cert,
-            key,
-            clearance.clone(),
-            args.operator_username.clone(),
-        )
-        .await?;
-    }
 
     let client = apicount::client()
         .await
@@ -326,7 +313,14 @@ async fn run(args: RunArgs) -> Result<()> {
             },
         )));
     let audit: Arc<dyn wfe_controller::AuditSink> = match &args.audit_url {
-        Some(url) => Arc::new(HttpSink::new(url, args.audit_timeout)?),
+        Some(url) => Arc::new(HttpSink::with_auth(
+            url,
+            args.audit_timeout,
+            &wfe_controller::audit::HttpAuth {
+                ca_file: args.audit_ca_file.clone(),
+                token_file: args.audit_token_file.clone(),
+            },
+        )?),
         None => Arc::new(StdoutSink),
     };
     if args.cooldown.is_zero() {
@@ -346,8 +340,8 @@ async fn run(args: RunArgs) -> Result<()> {
             concurrency: args.concurrency,
             watch_namespace: watch_scope(args.watch_namespace.as_deref(), &own_namespace(&client)),
             execution_namespace: args.execution_namespace.clone(),
-            clearance_key,
             streaming_lists: args.streaming_lists,
+            policy,
         },
         audit,
         reporter: Reporter {

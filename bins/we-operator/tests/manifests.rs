@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::{
     admissionregistration::v1::{
-        MutatingWebhookConfiguration, ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
-        ValidatingWebhookConfiguration,
+        MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding, ValidatingAdmissionPolicy,
+        ValidatingAdmissionPolicyBinding,
     },
     apps::v1::Deployment,
     core::v1::{Namespace, Pod, Service, ServiceAccount},
@@ -90,6 +90,16 @@ fn every_manifest_parses_into_its_type() {
             "Service" => drop(typed::<Service>(&doc)),
             "PodDisruptionBudget" => drop(typed::<PodDisruptionBudget>(&doc)),
             "NetworkPolicy" => drop(typed::<NetworkPolicy>(&doc)),
+            // The workflow policy: what the operator will parse at start.
+            "ConfigMap" => {
+                let cm: k8s_openapi::api::core::v1::ConfigMap = typed(&doc);
+                let data = cm.data.unwrap_or_default();
+                let text = data
+                    .get("policy.yaml")
+                    .unwrap_or_else(|| panic!("{}: no policy.yaml", path.display()));
+                wfe_controller::policy::WorkflowPolicy::from_yaml(text)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            }
             "CustomResourceDefinition" => drop(typed::<CustomResourceDefinition>(&doc)),
             "ValidatingAdmissionPolicy" => {
                 let p: ValidatingAdmissionPolicy = typed(&doc);
@@ -104,22 +114,16 @@ fn every_manifest_parses_into_its_type() {
                 let b: ValidatingAdmissionPolicyBinding = typed(&doc);
                 assert_eq!(b.spec.validation_actions, vec!["Deny".to_string()]);
             }
-            "MutatingWebhookConfiguration" => {
-                let m: MutatingWebhookConfiguration = typed(&doc);
-                let hook = &m.webhooks.unwrap()[0];
+            "MutatingAdmissionPolicy" => {
+                let p: MutatingAdmissionPolicy = typed(&doc);
                 assert_eq!(
-                    hook.client_config.service.as_ref().unwrap().path.as_deref(),
-                    Some("/mutate-workflowexecution")
+                    p.spec.unwrap().failure_policy.as_deref(),
+                    Some("Fail"),
+                    "{}: an identity stamp must not be skipped",
+                    path.display()
                 );
             }
-            "ValidatingWebhookConfiguration" => {
-                let v: ValidatingWebhookConfiguration = typed(&doc);
-                let hook = &v.webhooks.unwrap()[0];
-                assert_eq!(
-                    hook.client_config.service.as_ref().unwrap().path.as_deref(),
-                    Some("/validate-workflowexecution-status")
-                );
-            }
+            "MutatingAdmissionPolicyBinding" => drop(typed::<MutatingAdmissionPolicyBinding>(&doc)),
             "WorkflowExecution" => {
                 let w: WorkflowExecution = typed(&doc);
                 w.spec
@@ -277,6 +281,19 @@ fn rbac_is_least_privilege() {
                 "Secrets: metadata reads for the pre-flight check only"
             );
         }
+        assert!(
+            !resources
+                .iter()
+                .any(|r| r == "workflowexecutions/finalizers"),
+            "{scope}: the finalizer is patched on the object; the subresource is unused"
+        );
+        if resources.iter().any(|r| r == "customresourcedefinitions") {
+            assert_eq!(
+                rule.resource_names.as_deref(),
+                Some(&["workflowexecutions.kubernaut.ai".to_string()][..]),
+                "CRDs: only our own, by name"
+            );
+        }
         if resources.iter().any(|r| r == "pods") {
             assert!(
                 !rule.verbs.iter().any(|v| v == "create"),
@@ -318,6 +335,7 @@ async fn deploy_applies_server_side_and_pods_are_admitted_as_restricted() {
         "namespaces.yaml",
         "crds/workflowexecutions.kubernaut.ai.yaml",
         "rbac.yaml",
+        "workflow-policy.yaml",
         "deployment.yaml",
         "service.yaml",
         "workflow-runner.yaml",

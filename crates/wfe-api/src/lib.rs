@@ -31,6 +31,7 @@
 
 mod catalog;
 mod engine;
+pub mod kinds;
 mod target;
 mod types;
 mod validate;
@@ -56,6 +57,13 @@ pub const VERSION: &str = "v1alpha1";
 pub const CLEAR_BLOCK_ANNOTATION: &str = "kubernaut.ai/clear-block";
 /// Minimum number of words in a block-clearing reason.
 pub const MIN_CLEAR_REASON_WORDS: usize = 10;
+/// Annotation the API server stamps (MutatingAdmissionPolicy in deploy/admission-policies.yaml)
+/// with the user who set or changed [`CLEAR_BLOCK_ANNOTATION`]; a ValidatingAdmissionPolicy
+/// refuses any other write of it.
+pub const CLEARED_BY_ANNOTATION: &str = "kubernaut.ai/cleared-by";
+/// Annotation the API server stamps on create with the user who created the WorkflowExecution;
+/// it never changes afterwards (same policies).
+pub const CREATED_BY_ANNOTATION: &str = "kubernaut.ai/created-by";
 /// Finalizer the operator puts on WorkflowExecutions to clean up their execution resource.
 pub const FINALIZER: &str = "kubernaut.ai/workflowexecution-cleanup";
 

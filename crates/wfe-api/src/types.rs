@@ -53,7 +53,8 @@ pub struct WorkflowExecutionSpec {
     #[schemars(length(min = 3, max = 1024))]
     #[schemars(extend("x-kubernetes-validations" = [
         {"rule": "self.matches('^[^/]*[^/ ][^/]*/[^/]*[^/ ][^/]*(/[^/]*[^/ ][^/]*)?$')",
-         "message": "targetResource must be \"namespace/kind/name\" or \"kind/name\" with non-empty parts"}
+         "message": "targetResource must be \"namespace/kind/name\" or \"kind/name\" with non-empty parts",
+         "messageExpression": "'targetResource ' + strings.quote(self) + ' must be \"namespace/kind/name\" or \"kind/name\" with non-empty parts'"}
     ]))]
     pub target_resource: String,
 
@@ -62,11 +63,15 @@ pub struct WorkflowExecutionSpec {
     /// (`TARGET_RESOURCE`, `HOME`, `TMPDIR`, `WFE_*`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 256))]
+    // The messages quote the first refused key (at most 64 characters of it): quoting all of
+    // them exceeds the API server's CEL cost budget, since map keys have no length bound.
     #[schemars(extend("x-kubernetes-validations" = [
         {"rule": "self.all(k, k.matches('^[A-Za-z_][A-Za-z0-9_]*$'))",
-         "message": "parameter names must be valid environment variable names ([A-Za-z_][A-Za-z0-9_]*)"},
+         "message": "parameter names must be valid environment variable names ([A-Za-z_][A-Za-z0-9_]*)",
+         "messageExpression": "'parameter names must be valid environment variable names ([A-Za-z_][A-Za-z0-9_]*); refused: ' + strings.quote(size(self.filter(k, !k.matches('^[A-Za-z_][A-Za-z0-9_]*$'))[0]) > 64 ? self.filter(k, !k.matches('^[A-Za-z_][A-Za-z0-9_]*$'))[0].substring(0, 64) + '...' : self.filter(k, !k.matches('^[A-Za-z_][A-Za-z0-9_]*$'))[0])"},
         {"rule": "self.all(k, !(k in ['TARGET_RESOURCE', 'HOME', 'TMPDIR']) && !k.startsWith('WFE_'))",
-         "message": "parameter names TARGET_RESOURCE, HOME, TMPDIR and WFE_* are reserved"}
+         "message": "parameter names TARGET_RESOURCE, HOME, TMPDIR and WFE_* are reserved",
+         "messageExpression": "'parameter names TARGET_RESOURCE, HOME, TMPDIR and WFE_* are reserved; refused: ' + strings.quote(size(self.filter(k, k in ['TARGET_RESOURCE', 'HOME', 'TMPDIR'] || k.startsWith('WFE_'))[0]) > 64 ? self.filter(k, k in ['TARGET_RESOURCE', 'HOME', 'TMPDIR'] || k.startsWith('WFE_'))[0].substring(0, 64) + '...' : self.filter(k, k in ['TARGET_RESOURCE', 'HOME', 'TMPDIR'] || k.startsWith('WFE_'))[0])"}
     ]))]
     pub parameters: BTreeMap<String, String>,
 
@@ -80,7 +85,8 @@ pub struct WorkflowExecutionSpec {
     /// Confidence of the workflow selection, between 0 and 1 (audit only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("x-kubernetes-validations" = [
-        {"rule": "self >= 0.0 && self <= 1.0", "message": "confidence must be between 0 and 1"}
+        {"rule": "self >= 0.0 && self <= 1.0", "message": "confidence must be between 0 and 1",
+         "messageExpression": "'confidence must be between 0 and 1, got ' + (self > 1.0 ? 'more than 1' : 'less than 0')"}
     ]))]
     pub confidence: Option<f64>,
 
@@ -156,8 +162,10 @@ pub struct ExecutionConfig {
     /// Maximum run time, as a duration such as `30m` or `1h30m` (default 30m). Job
     /// `activeDeadlineSeconds`; PipelineRun `timeouts.pipeline`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     #[schemars(extend("x-kubernetes-validations" = [
-        {"rule": "duration(self) > duration('0s')", "message": "timeout must be a positive duration such as 30m"}
+        {"rule": "duration(self) > duration('0s')", "message": "timeout must be a positive duration such as 30m",
+         "messageExpression": "'timeout ' + strings.quote(self) + ' must be a positive duration such as 30m'"}
     ]))]
     pub timeout: Option<String>,
 
@@ -308,7 +316,8 @@ pub struct BlockClearance {
     /// When the block was cleared.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cleared_at: Option<Time>,
-    /// Authenticated user who cleared it, or `unknown` when no identity was attested.
+    /// Authenticated user who cleared it, as the API server stamped it in the `kubernaut.ai/cleared-by`
+    /// annotation (deploy/admission-policies.yaml), or `unknown` when there is no stamp.
     pub cleared_by: String,
     /// Why it was cleared (at least 10 words).
     pub clear_reason: String,

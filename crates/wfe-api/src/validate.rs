@@ -243,7 +243,9 @@ impl WorkflowExecutionSpec {
                 }
             }
         }
-        if let Err(e) = TargetResource::parse(&self.target_resource) {
+        if let Err(e) = TargetResource::parse(&self.target_resource)
+            .and_then(|t| t.check_names(&self.target_resource))
+        {
             errors.push(err("spec.targetResource", e.to_string()));
         }
         let mut size = 0usize;

@@ -3,7 +3,7 @@
 //! deliver them. The WorkflowExecution status is the outbox: an event type is recorded in
 //! `status.auditDelivered` only after the sink acknowledged it.
 
-use std::{fmt, time::Duration};
+use std::{fmt, path::PathBuf, time::Duration};
 
 use async_trait::async_trait;
 use k8s_openapi::jiff::Timestamp;
@@ -212,6 +212,15 @@ pub fn build(wfe: &WorkflowExecution, event_type: &str) -> AuditEvent {
         ),
     };
     put("phase", json!(phase));
+    // Who asked for the execution, as the API server stamped it at creation (#18).
+    put(
+        "created_by",
+        json!(
+            wfe.annotations()
+                .get(wfe_api::CREATED_BY_ANNOTATION)
+                .map_or(crate::clearance::UNKNOWN, String::as_str)
+        ),
+    );
     if event_type != types::SELECTION_COMPLETED && event_type != types::BLOCK_CLEARED {
         let params: Map<String, Value> = spec
             .effective_parameters()
@@ -310,26 +319,61 @@ pub trait AuditSink: Send + Sync + fmt::Debug + 'static {
     async fn send(&self, events: &[AuditEvent]) -> Result<(), AuditError>;
 }
 
+/// How the HTTP sink trusts the audit service and proves who it is (issue #18).
+#[derive(Clone, Debug, Default)]
+pub struct HttpAuth {
+    /// PEM file of the CA certificate(s) that sign the audit service's certificate (a private
+    /// CA); read once at start.
+    pub ca_file: Option<PathBuf>,
+    /// File holding a bearer token, sent as `Authorization: Bearer ...`; read for every batch,
+    /// so a rotated token (a projected ServiceAccount token, a re-mounted Secret) is used at once.
+    pub token_file: Option<PathBuf>,
+}
+
 /// Posts batches to `{url}/api/v1/audit/events/batch`.
 #[derive(Debug, Clone)]
 pub struct HttpSink {
     url: String,
     client: reqwest::Client,
+    token_file: Option<PathBuf>,
 }
 
 impl HttpSink {
     /// A sink for the audit service at `base_url`.
     pub fn new(base_url: &str, timeout: Duration) -> Result<Self, AuditError> {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .map_err(|e| AuditError(e.to_string()))?;
+        Self::with_auth(base_url, timeout, &HttpAuth::default())
+    }
+
+    /// A sink for the audit service at `base_url` with a custom CA and/or a bearer token.
+    pub fn with_auth(
+        base_url: &str,
+        timeout: Duration,
+        auth: &HttpAuth,
+    ) -> Result<Self, AuditError> {
+        let mut builder = reqwest::Client::builder().timeout(timeout);
+        if let Some(path) = &auth.ca_file {
+            let pem = std::fs::read(path).map_err(|e| {
+                AuditError(format!("cannot read the audit CA {}: {e}", path.display()))
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                AuditError(format!("the audit CA {} is not PEM: {e}", path.display()))
+            })?;
+            if certs.is_empty() {
+                return Err(AuditError(format!(
+                    "the audit CA {} holds no certificate",
+                    path.display()
+                )));
+            }
+            builder = builder.tls_certs_merge(certs);
+        }
+        let client = builder.build().map_err(|e| AuditError(e.to_string()))?;
         Ok(HttpSink {
             url: format!(
                 "{}/api/v1/audit/events/batch",
                 base_url.trim_end_matches('/')
             ),
             client,
+            token_file: auth.token_file.clone(),
         })
     }
 }
@@ -340,10 +384,17 @@ impl AuditSink for HttpSink {
         if events.is_empty() {
             return Ok(());
         }
-        let response = self
-            .client
-            .post(&self.url)
-            .json(events)
+        let mut request = self.client.post(&self.url).json(events);
+        if let Some(path) = &self.token_file {
+            let token = tokio::fs::read_to_string(path).await.map_err(|e| {
+                AuditError(format!(
+                    "cannot read the audit token {}: {e}",
+                    path.display()
+                ))
+            })?;
+            request = request.bearer_auth(token.trim());
+        }
+        let response = request
             .send()
             .await
             .map_err(|e| AuditError(format!("POST {}: {e}", self.url)))?;
@@ -441,6 +492,26 @@ mod tests {
         assert_eq!(a.event_timestamp, "2026-01-01T00:00:09Z");
         assert_eq!(a.event_outcome, "failure");
         assert_eq!(a.event_data["parameters"]["podName"], "app");
+    }
+
+    #[test]
+    fn events_name_the_creating_identity_stamped_by_admission() {
+        let status = json!({"phase": "Running", "startTime": "2026-01-01T00:00:01Z"});
+        let unstamped = build(&wfe(status.clone()), types::EXECUTION_STARTED);
+        assert_eq!(unstamped.event_data["created_by"], "unknown");
+        let mut stamped = wfe(status);
+        stamped.metadata.annotations = Some(
+            [(
+                wfe_api::CREATED_BY_ANNOTATION.to_string(),
+                "system:serviceaccount:kubernaut-system:orchestrator".to_string(),
+            )]
+            .into(),
+        );
+        let e = build(&stamped, types::EXECUTION_STARTED);
+        assert_eq!(
+            e.event_data["created_by"],
+            "system:serviceaccount:kubernaut-system:orchestrator"
+        );
     }
 
     #[test]

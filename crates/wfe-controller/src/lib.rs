@@ -16,7 +16,10 @@ pub mod cache;
 pub mod clearance;
 pub mod guards;
 pub mod metrics;
+pub mod policy;
+pub mod preflight;
 pub mod reconcile;
+pub mod targets;
 pub mod transitions;
 
 use std::{
@@ -111,6 +114,11 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()> + Send + S
     } else {
         watcher::Config::default()
     };
+    // Target keys use the served kinds (DESIGN.md §7): discover them before anything is indexed.
+    match targets::refresh(&client).await {
+        Ok(n) => tracing::info!(kinds = n, "API discovery: target kinds resolved"),
+        Err(e) => tracing::warn!(error = %e, "API discovery failed; retried on the first request"),
+    }
     let index = Arc::new(TargetIndex::default());
 
     // Execution resources wake their WorkflowExecution (label-filtered watches in the execution

@@ -48,14 +48,13 @@ pub struct ControllerConfig {
     pub watch_namespace: Option<String>,
     /// Namespace where execution resources live.
     pub execution_namespace: String,
-    /// The key that verifies the admission webhook's clearance attestations; without it every
-    /// clearance is recorded as `clearedBy: unknown`.
-    pub clearance_key: Option<crate::clearance::ClearanceKey>,
     /// Fill the WorkflowExecution cache with a streaming list (a watch that sends the existing
     /// objects first, Kubernetes WatchList) rather than paged lists: objects arrive one at a time,
     /// so the start-up peak of memory does not grow with page size. Needs an API server that
     /// serves WatchList (on by default in recent Kubernetes releases).
     pub streaming_lists: bool,
+    /// #18: what a WorkflowExecution may ask for (crate::policy); the default restricts nothing.
+    pub policy: crate::policy::WorkflowPolicy,
 }
 
 impl Default for ControllerConfig {
@@ -66,8 +65,8 @@ impl Default for ControllerConfig {
             concurrency: 16,
             watch_namespace: None,
             execution_namespace: "kubernaut-workflows".into(),
-            clearance_key: None,
             streaming_lists: true,
+            policy: crate::policy::WorkflowPolicy::default(),
         }
     }
 }
@@ -605,6 +604,13 @@ impl Context {
                 .await;
         }
 
+        // #18: canonical target and workflow policy (crate::preflight).
+        if let Some(r) = crate::preflight::check(&self.client, &self.cfg, &wfe).await? {
+            return self
+                .fail_before(&wfe, r.failure, None, false, r.event_reason)
+                .await;
+        }
+
         // Guards and dispatch, one target at a time.
         let key = wfe.target_key();
         let target_lock = self.target_lock(&key);
@@ -1043,38 +1049,18 @@ impl Context {
             return Ok(None);
         }
         let now = self.now();
-        // Trust only an identity the admission webhook attested for this object and this reason.
-        let token = wfe
-            .annotations()
-            .get(crate::clearance::ATTESTATION_ANNOTATION);
-        let attested = match (&self.cfg.clearance_key, token) {
-            (Some(key), Some(token)) => key.verify(token).filter(|a| {
-                Some(&a.uid) == wfe.uid().as_ref()
-                    && a.reason_sha256 == crate::clearance::reason_digest(&reason)
-            }),
-            _ => None,
-        };
-        let (cleared_by, how) = match &attested {
-            Some(a) => (a.user.clone(), format!("attested by the admission webhook for {}", a.user)),
-            None if self.cfg.clearance_key.is_none() => (
-                "unknown".to_string(),
-                "no authenticated identity was attested (the admission webhook is not configured), recorded as clearedBy=unknown".to_string(),
-            ),
-            None => (
-                "unknown".to_string(),
-                "the clearance carries no valid webhook attestation, recorded as clearedBy=unknown".to_string(),
-            ),
-        };
+        // #18: the identity the API server stamped (admission policies), see crate::clearance.
+        let clearer = crate::clearance::clearer(wfe.annotations());
         let mut status = wfe.status.clone().unwrap_or_default();
         status.block_clearance = Some(BlockClearance {
             cleared_at: Some(Time(now)),
-            cleared_by,
+            cleared_by: clearer.user.clone(),
             clear_reason: reason,
             clear_method: ClearMethod::Annotation,
         });
         let updated = self.write_status(wfe, status).await?;
         lock(&self.refused_clearances).remove(&uid);
-        let type_ = if attested.is_some() {
+        let type_ = if clearer.stamped {
             EventType::Normal
         } else {
             EventType::Warning
@@ -1085,8 +1071,8 @@ impl Context {
             "BlockCleared",
             "ClearBlock",
             format!(
-                "Block on {} cleared by annotation; {how}",
-                wfe.spec.target_resource
+                "Block on {} cleared by annotation; {}",
+                wfe.spec.target_resource, clearer.how
             ),
         );
         Ok(Some(updated))

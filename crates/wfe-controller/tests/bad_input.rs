@@ -55,18 +55,22 @@ async fn malformed_and_hostile_requests() {
     let refused: Vec<(&str, Value, &str)> = vec![
         (
             "no-workflowref",
-            with(valid_spec("n/D/a1"), &["workflowRef"], Value::Null),
+            with(valid_spec("n/Deployment/a1"), &["workflowRef"], Value::Null),
             "workflowRef",
         ),
         (
             "no-target",
-            with(valid_spec("n/D/a2"), &["targetResource"], Value::Null),
+            with(
+                valid_spec("n/Deployment/a2"),
+                &["targetResource"],
+                Value::Null,
+            ),
             "targetResource",
         ),
         (
             "no-rr",
             with(
-                valid_spec("n/D/a3"),
+                valid_spec("n/Deployment/a3"),
                 &["remediationRequestRef"],
                 Value::Null,
             ),
@@ -75,7 +79,7 @@ async fn malformed_and_hostile_requests() {
         (
             "empty-workflow-id",
             with(
-                valid_spec("n/D/a4"),
+                valid_spec("n/Deployment/a4"),
                 &["workflowRef", "workflowId"],
                 json!(""),
             ),
@@ -84,7 +88,7 @@ async fn malformed_and_hostile_requests() {
         (
             "empty-image",
             with(
-                valid_spec("n/D/a5"),
+                valid_spec("n/Deployment/a5"),
                 &["workflowRef", "containerImage"],
                 json!(""),
             ),
@@ -92,7 +96,11 @@ async fn malformed_and_hostile_requests() {
         ),
         (
             "unknown-engine",
-            with(valid_spec("n/D/a6"), &["executionEngine"], json!("ansible")),
+            with(
+                valid_spec("n/Deployment/a6"),
+                &["executionEngine"],
+                json!("ansible"),
+            ),
             "executionEngine",
         ),
         ("target-1-part", valid_spec("my-app"), "targetResource"),
@@ -101,7 +109,7 @@ async fn malformed_and_hostile_requests() {
         (
             "param-dash",
             with(
-                valid_spec("n/D/a7"),
+                valid_spec("n/Deployment/a7"),
                 &["parameters"],
                 json!({"bad-key": "x"}),
             ),
@@ -109,18 +117,26 @@ async fn malformed_and_hostile_requests() {
         ),
         (
             "param-digit",
-            with(valid_spec("n/D/a8"), &["parameters"], json!({"1abc": "x"})),
+            with(
+                valid_spec("n/Deployment/a8"),
+                &["parameters"],
+                json!({"1abc": "x"}),
+            ),
             "parameters",
         ),
         (
             "param-home",
-            with(valid_spec("n/D/a9"), &["parameters"], json!({"HOME": "/"})),
+            with(
+                valid_spec("n/Deployment/a9"),
+                &["parameters"],
+                json!({"HOME": "/"}),
+            ),
             "parameters",
         ),
         (
             "param-wfe",
             with(
-                valid_spec("n/D/b1"),
+                valid_spec("n/Deployment/b1"),
                 &["parameters"],
                 json!({"WFE_NAME": "x"}),
             ),
@@ -129,7 +145,7 @@ async fn malformed_and_hostile_requests() {
         (
             "param-target",
             with(
-                valid_spec("n/D/b2"),
+                valid_spec("n/Deployment/b2"),
                 &["parameters"],
                 json!({"TARGET_RESOURCE": "x"}),
             ),
@@ -137,23 +153,23 @@ async fn malformed_and_hostile_requests() {
         ),
         (
             "param-too-many",
-            with(valid_spec("n/D/b3"), &["parameters"], json!(many)),
+            with(valid_spec("n/Deployment/b3"), &["parameters"], json!(many)),
             "parameters",
         ),
         (
             "confidence-high",
-            with(valid_spec("n/D/b4"), &["confidence"], json!(1.5)),
+            with(valid_spec("n/Deployment/b4"), &["confidence"], json!(1.5)),
             "confidence",
         ),
         (
             "confidence-negative",
-            with(valid_spec("n/D/b5"), &["confidence"], json!(-1)),
+            with(valid_spec("n/Deployment/b5"), &["confidence"], json!(-1)),
             "confidence",
         ),
         (
             "timeout-zero",
             with(
-                valid_spec("n/D/b6"),
+                valid_spec("n/Deployment/b6"),
                 &["executionConfig"],
                 json!({"timeout": "0s"}),
             ),
@@ -162,7 +178,7 @@ async fn malformed_and_hostile_requests() {
         (
             "timeout-words",
             with(
-                valid_spec("n/D/b7"),
+                valid_spec("n/Deployment/b7"),
                 &["executionConfig"],
                 json!({"timeout": "forever"}),
             ),
@@ -171,7 +187,7 @@ async fn malformed_and_hostile_requests() {
         (
             "image-too-long",
             with(
-                valid_spec("n/D/b8"),
+                valid_spec("n/Deployment/b8"),
                 &["workflowRef", "containerImage"],
                 json!("r/".repeat(1100)),
             ),
@@ -180,7 +196,7 @@ async fn malformed_and_hostile_requests() {
         (
             "dependency-no-name",
             with(
-                valid_spec("n/D/b9"),
+                valid_spec("n/Deployment/b9"),
                 &["workflowRef", "dependencies"],
                 json!({"secrets": [{"name": ""}]}),
             ),
@@ -204,7 +220,7 @@ async fn malformed_and_hostile_requests() {
 
     // Accepted by the API server, failed by the operator with a clear reason.
     let ghost_sa = with(
-        valid_spec("n/D/c3"),
+        valid_spec("n/Deployment/c3"),
         &["executionConfig"],
         json!({"serviceAccountName": "ghost"}),
     );
@@ -212,7 +228,7 @@ async fn malformed_and_hostile_requests() {
         (
             "tag-only",
             with(
-                valid_spec("n/D/c1"),
+                valid_spec("n/Deployment/c1"),
                 &["workflowRef", "containerImage"],
                 json!("registry.example.com/w:v1"),
             ),
@@ -222,7 +238,7 @@ async fn malformed_and_hostile_requests() {
         (
             "image-spaces",
             with(
-                valid_spec("n/D/c2"),
+                valid_spec("n/Deployment/c2"),
                 &["workflowRef", "containerImage"],
                 json!("bad image"),
             ),
@@ -238,7 +254,7 @@ async fn malformed_and_hostile_requests() {
         (
             "no-such-secret",
             with(
-                valid_spec("n/D/c4"),
+                valid_spec("n/Deployment/c4"),
                 &["workflowRef", "dependencies"],
                 json!({"secrets": [{"name": "nope"}]}),
             ),
@@ -248,7 +264,7 @@ async fn malformed_and_hostile_requests() {
         (
             "no-such-configmap",
             with(
-                valid_spec("n/D/c5"),
+                valid_spec("n/Deployment/c5"),
                 &["workflowRef", "dependencies"],
                 json!({"configMaps": [{"name": "missing-cm"}]}),
             ),
@@ -258,7 +274,7 @@ async fn malformed_and_hostile_requests() {
         (
             "one-mib-value",
             with(
-                valid_spec("n/D/c6"),
+                valid_spec("n/Deployment/c6"),
                 &["parameters"],
                 json!({"BIG": "x".repeat(1024 * 1024)}),
             ),
@@ -268,7 +284,7 @@ async fn malformed_and_hostile_requests() {
         (
             "timeout-too-long",
             with(
-                valid_spec("n/D/c7"),
+                valid_spec("n/Deployment/c7"),
                 &["executionConfig"],
                 json!({"timeout": "1000h"}),
             ),
@@ -278,7 +294,7 @@ async fn malformed_and_hostile_requests() {
         (
             "bad-sa-name",
             with(
-                valid_spec("n/D/c8"),
+                valid_spec("n/Deployment/c8"),
                 &["executionConfig"],
                 json!({"serviceAccountName": "Bad_SA"}),
             ),
@@ -288,7 +304,7 @@ async fn malformed_and_hostile_requests() {
         (
             "bad-dependency-name",
             with(
-                valid_spec("n/D/c9"),
+                valid_spec("n/Deployment/c9"),
                 &["workflowRef", "dependencies"],
                 json!({"secrets": [{"name": "My Secret"}]}),
             ),
@@ -296,6 +312,46 @@ async fn malformed_and_hostile_requests() {
             "dependencies",
         ),
     ];
+    // Targets that are not Kubernetes targets (#18): refused before execution, naming the part.
+    let mut failing = failing;
+    for (name, target, text) in [
+        (
+            "unknown-kind",
+            "n/Deploymentz/g1",
+            "kind \"Deploymentz\" is not served",
+        ),
+        (
+            "target-dollar",
+            "n/Deployment/a$b",
+            "name \"a$b\" is not a valid object name",
+        ),
+        (
+            "target-semicolon",
+            "n/Deployment/a;reboot",
+            "name \"a;reboot\"",
+        ),
+        (
+            "target-quote",
+            "n/Deployment/a\"b",
+            "is not a valid object name",
+        ),
+        ("target-single-quote", "n/Deployment/a'b", "name \"a'b\""),
+        ("target-newline", "n/Deployment/a\nb", "name \"a\\nb\""),
+        (
+            "unicode-target",
+            "prod/Deployment/ünïcödé-app",
+            "is not a valid object name",
+        ),
+        ("bad-namespace", "N_S/Deployment/g2", "namespace \"N_S\""),
+        ("namespaced-node", "n/Node/g3", "Node is cluster-scoped"),
+    ] {
+        failing.push((
+            name,
+            valid_spec(target),
+            FailureReason::ConfigurationError,
+            text,
+        ));
+    }
     for (name, spec, _, _) in &failing {
         let obj: kube::core::DynamicObject =
             serde_json::from_value(object(&h.ns, name, spec.clone())).unwrap();
@@ -316,23 +372,16 @@ async fn malformed_and_hostile_requests() {
         count += 1;
     }
 
-    // Hostile but valid: values reach the container verbatim; unicode names work.
+    // Hostile but valid: values reach the container verbatim.
     let hostile = "a b; $(reboot) `id` \"q\" 'x' | tee /etc/passwd\nline2\ttab ünï 🚀";
     h.create(&h.wfe(
         "hostile-values",
         Some("job"),
-        "n/D/d1",
+        "n/Deployment/d1",
         &[("VALUE", hostile)],
     ))
     .await;
-    h.create(&h.wfe(
-        "unicode-target",
-        Some("job"),
-        "prod/Deployment/ünïcödé-app",
-        &[],
-    ))
-    .await;
-    for name in ["hostile-values", "unicode-target"] {
+    for name in ["hostile-values"] {
         h.wait_phase(name, Phase::Succeeded).await;
         count += 1;
     }
@@ -368,7 +417,7 @@ async fn malformed_and_hostile_requests() {
         .patch(
             "hostile-values",
             &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"targetResource": "n/D/other"}})),
+            &Patch::Merge(json!({"spec": {"targetResource": "n/Deployment/other"}})),
         )
         .await
         .expect_err("spec is immutable");
@@ -379,7 +428,7 @@ async fn malformed_and_hostile_requests() {
     h.create(&h.wfe(
         "deleted-early",
         Some("job"),
-        "n/D/e1",
+        "n/Deployment/e1",
         &[("KWOK_RESULT", "hold")],
     ))
     .await;
@@ -396,7 +445,7 @@ async fn malformed_and_hostile_requests() {
             .then_some(())
     })
     .await;
-    let name = wfe_executor::execution_name(&wfe_api::TargetKey::of("n/D/e1"));
+    let name = wfe_executor::execution_name(&wfe_api::TargetKey::of("n/Deployment/e1"));
     wfe_testing::wait_for("its Job is gone", TIMEOUT, || async {
         h.jobs()
             .get_opt(&name)
@@ -430,7 +479,81 @@ async fn malformed_and_hostile_requests() {
     );
 
     // And the operator still serves valid requests.
-    h.create(&h.wfe("still-serving", Some("job"), "n/D/f1", &[]))
+    h.create(&h.wfe("still-serving", Some("job"), "n/Deployment/f1", &[]))
         .await;
     h.wait_phase("still-serving", Phase::Succeeded).await;
+}
+
+/// The API server's refusals name the culprit (CEL `messageExpression`): the offending parameter
+/// key (the first one, at most 64 characters of it), the target, the timeout, the confidence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_quote_the_offending_value() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = wfe_testing::client().await;
+    let ns = wfe_testing::namespace(&client, "bad-quote").await;
+    let api = kube::Api::<kube::core::DynamicObject>::namespaced_with(
+        client.clone(),
+        &ns,
+        &kube::core::ApiResource::erase::<WorkflowExecution>(&()),
+    );
+    let long_key = format!("9{}", "k".repeat(99));
+    let cases: Vec<(&str, Value, String)> = vec![
+        (
+            "bad-key",
+            with(
+                valid_spec("n/Deployment/q1"),
+                &["parameters"],
+                json!({"GOOD": "x", "bad-key": "y"}),
+            ),
+            "valid environment variable names ([A-Za-z_][A-Za-z0-9_]*); refused: \"bad-key\""
+                .to_string(),
+        ),
+        (
+            "reserved",
+            with(
+                valid_spec("n/Deployment/q2"),
+                &["parameters"],
+                json!({"GOOD": "x", "WFE_NAME": "y"}),
+            ),
+            "are reserved; refused: \"WFE_NAME\"".to_string(),
+        ),
+        (
+            "long-key",
+            with(
+                valid_spec("n/Deployment/q3"),
+                &["parameters"],
+                json!({ long_key.as_str(): "y" }),
+            ),
+            format!("refused: \"{}...\"", &long_key[..64]),
+        ),
+        (
+            "target",
+            valid_spec("n//x"),
+            "targetResource \"n//x\" must be".to_string(),
+        ),
+        (
+            "timeout",
+            with(
+                valid_spec("n/Deployment/q4"),
+                &["executionConfig"],
+                json!({"timeout": "-5m"}),
+            ),
+            "timeout \"-5m\" must be a positive duration".to_string(),
+        ),
+        (
+            "confidence",
+            with(valid_spec("n/Deployment/q5"), &["confidence"], json!(7)),
+            "confidence must be between 0 and 1, got more than 1".to_string(),
+        ),
+    ];
+    for (name, spec, text) in cases {
+        let obj: kube::core::DynamicObject =
+            serde_json::from_value(object(&ns, name, spec)).unwrap();
+        let err = api
+            .create(&PostParams::default(), &obj)
+            .await
+            .expect_err(name)
+            .to_string();
+        assert!(err.contains(&text), "{name}: {err} lacks {text}");
+    }
 }

@@ -106,16 +106,36 @@ impl Harness {
     /// A controller whose requests live in a fresh namespace and whose Jobs and PipelineRuns go
     /// to another fresh namespace, where no Tekton controller runs (tests play Tekton there).
     pub async fn start(prefix: &str, guards: GuardConfig) -> Harness {
-        Self::start_in(prefix, guards, None).await
+        Self::start_in(prefix, guards, None, Default::default()).await
+    }
+
+    /// Like [`Harness::start`], with a workflow policy.
+    pub async fn start_with_policy(
+        prefix: &str,
+        guards: GuardConfig,
+        policy: wfe_controller::policy::WorkflowPolicy,
+    ) -> Harness {
+        Self::start_in(prefix, guards, None, policy).await
     }
 
     /// Like [`Harness::start`], but Jobs and PipelineRuns go to the namespace the local cluster's
     /// real Tekton controller serves ([`wfe_testing::tekton::NAMESPACE`]).
     pub async fn start_with_tekton(prefix: &str, guards: GuardConfig) -> Harness {
-        Self::start_in(prefix, guards, Some(wfe_testing::tekton::NAMESPACE)).await
+        Self::start_in(
+            prefix,
+            guards,
+            Some(wfe_testing::tekton::NAMESPACE),
+            Default::default(),
+        )
+        .await
     }
 
-    async fn start_in(prefix: &str, guards: GuardConfig, exec_ns: Option<&str>) -> Harness {
+    async fn start_in(
+        prefix: &str,
+        guards: GuardConfig,
+        exec_ns: Option<&str>,
+        policy: wfe_controller::policy::WorkflowPolicy,
+    ) -> Harness {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = wfe_testing::client().await;
         let ns = wfe_testing::namespace(&client, &format!("{prefix}-req")).await;
@@ -145,8 +165,8 @@ impl Harness {
             concurrency: 8,
             watch_namespace: Some(ns.clone()),
             execution_namespace: exec_ns.clone(),
-            clearance_key: None,
             streaming_lists: true,
+            policy,
         };
         let mut h = Harness {
             client,

@@ -1,0 +1,369 @@
+//! Who asked and who cleared, stamped by the API server itself (issue #18): the admission
+//! policies of deploy/admission-policies.yaml run on the real API server, users act through
+//! impersonation, and the operator binary records what the API server stamped. No webhook, no
+//! certificate, no signing key.
+
+mod common;
+
+use std::{process::Stdio, time::Duration};
+
+use common::{Audit, apply_file, as_user, free_port, repo};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams},
+    core::{ApiResource, DynamicObject, GroupVersionKind},
+    discovery::Discovery,
+};
+use serde_json::{Value, json};
+use wfe_api::{CLEARED_BY_ANNOTATION, CREATED_BY_ANNOTATION, Phase, WorkflowExecution};
+
+const REASON: &str =
+    "the deployment manifest was fixed by the on-call engineer and verified in staging";
+
+/// `user` may create, read and patch WorkflowExecutions in `ns`: RBAC alone would let them write
+/// any annotation.
+async fn grant(client: &Client, ns: &str, user: &str) {
+    let name = format!("wfe-{user}");
+    let pp = PatchParams::apply("wfe-clearance-test").force();
+    let role = Role {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            ..Default::default()
+        },
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec!["kubernaut.ai".into()]),
+            resources: Some(vec!["workflowexecutions".into()]),
+            verbs: ["get", "list", "watch", "create", "patch", "update"]
+                .map(String::from)
+                .to_vec(),
+            ..Default::default()
+        }]),
+    };
+    Api::<Role>::namespaced(client.clone(), ns)
+        .patch(&name, &pp, &Patch::Apply(&role))
+        .await
+        .unwrap();
+    let binding = RoleBinding {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            ..Default::default()
+        },
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "Role".into(),
+            name: name.clone(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "User".into(),
+            name: user.into(),
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            ..Default::default()
+        }]),
+    };
+    Api::<RoleBinding>::namespaced(client.clone(), ns)
+        .patch(&name, &pp, &Patch::Apply(&binding))
+        .await
+        .unwrap();
+}
+
+/// Binds the shipped identity policies (two mutating, one validating) to `ns` too, the way an
+/// admin binds them to a watched namespace other than `kubernaut-system`.
+async fn bind_identity_policies(client: &Client, ns: &str) -> Vec<(Api<DynamicObject>, String)> {
+    let selector = json!({"matchLabels": {"kubernetes.io/metadata.name": ns}});
+    let mut out = Vec::new();
+    for (kind, policy, extra) in [
+        (
+            "MutatingAdmissionPolicyBinding",
+            "workflowexecution-created-by.kubernaut.ai",
+            json!({}),
+        ),
+        (
+            "MutatingAdmissionPolicyBinding",
+            "workflowexecution-cleared-by.kubernaut.ai",
+            json!({}),
+        ),
+        (
+            "ValidatingAdmissionPolicyBinding",
+            "workflowexecution-identity.kubernaut.ai",
+            json!({"validationActions": ["Deny"]}),
+        ),
+    ] {
+        let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "admissionregistration.k8s.io",
+            "v1",
+            kind,
+        ));
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+        let name = format!("{ns}-{policy}");
+        let mut spec =
+            json!({"policyName": policy, "matchResources": {"namespaceSelector": selector}});
+        if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+            s.extend(e.clone());
+        }
+        let obj: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "admissionregistration.k8s.io/v1", "kind": kind,
+            "metadata": {"name": name}, "spec": spec
+        }))
+        .unwrap();
+        api.patch(
+            &name,
+            &PatchParams::apply("wfe-clearance-test").force(),
+            &Patch::Apply(&obj),
+        )
+        .await
+        .unwrap();
+        out.push((api, name));
+    }
+    out
+}
+
+fn request(ns: &str, name: &str, annotations: Value) -> WorkflowExecution {
+    // A tag-only Job image: the operator fails it before execution, so there is a failed
+    // WorkflowExecution to clear without running anything.
+    serde_json::from_value(json!({
+        "apiVersion": "kubernaut.ai/v1alpha1", "kind": "WorkflowExecution",
+        "metadata": {"name": name, "namespace": ns, "annotations": annotations},
+        "spec": {"executionEngine": "job",
+                 "workflowRef": {"workflowId": "w", "version": "1", "containerImage": "registry.example.com/w:v1"},
+                 "targetResource": "prod/Deployment/app", "remediationRequestRef": {"name": "rr"}}
+    }))
+    .unwrap()
+}
+
+/// The HTTP code and message of a refused request; panics when it was allowed.
+fn refusal<T>(what: &str, r: Result<T, kube::Error>) -> (u16, String) {
+    match r {
+        Ok(_) => panic!("{what} was accepted"),
+        Err(kube::Error::Api(e)) => (e.code, e.message),
+        Err(e) => panic!("{what}: unexpected error {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_server_stamps_who_created_and_who_cleared_and_refuses_forgeries() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let admin = wfe_testing::client().await;
+    let discovery = Discovery::new(admin.clone()).run().await.unwrap();
+    apply_file(
+        &admin,
+        &discovery,
+        &repo().join("deploy/admission-policies.yaml"),
+    )
+    .await;
+    let ns = wfe_testing::namespace(&admin, "clearance").await;
+    let exec_ns = wfe_testing::namespace(&admin, "clearance-exec").await;
+    let bindings = bind_identity_policies(&admin, &ns).await;
+    for user in ["alice", "mallory"] {
+        grant(&admin, &ns, user).await;
+    }
+    let alice: Api<WorkflowExecution> = Api::namespaced(as_user("alice").await, &ns);
+    let mallory: Api<WorkflowExecution> = Api::namespaced(as_user("mallory").await, &ns);
+
+    // The API server loads new policies and bindings within a second or two: wait until dry
+    // runs show all three at work (both stamps, and a forged stamp refused).
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    wfe_testing::wait_for(
+        "the identity policies to be in force",
+        Duration::from_secs(30),
+        || async {
+            let stamped = alice
+                .create(
+                    &dry,
+                    &request(&ns, "probe", json!({"kubernaut.ai/clear-block": REASON})),
+                )
+                .await
+                .ok()?;
+            let a = stamped.annotations();
+            (a.get(CREATED_BY_ANNOTATION)? == "alice" && a.get(CLEARED_BY_ANNOTATION)? == "alice")
+                .then_some(())?;
+            alice
+                .create(
+                    &dry,
+                    &request(&ns, "probe", json!({CLEARED_BY_ANNOTATION: "bob"})),
+                )
+                .await
+                .is_err()
+                .then_some(())
+        },
+    )
+    .await;
+
+    let (audit, audit_url) = Audit::start().await;
+    let log = std::fs::File::create(repo().join("target/we-operator-clearance.log")).unwrap();
+    let mut operator = tokio::process::Command::new(env!("CARGO_BIN_EXE_we-operator"))
+        .args(["run", "--watch-namespace", &ns])
+        .args(["--execution-namespace", &exec_ns])
+        .args(["--leader-election=false", "--audit-url", &audit_url])
+        .args(["--health-address", &format!("127.0.0.1:{}", free_port())])
+        .args(["--metrics-address", &format!("127.0.0.1:{}", free_port())])
+        .args(["--log-format", "json"])
+        .env("KUBECONFIG", wfe_testing::kubeconfig_path())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    // Alice creates a request claiming to be someone else: the API server stamps her name.
+    let created = alice
+        .create(
+            &PostParams::default(),
+            &request(
+                &ns,
+                "blocked",
+                json!({CREATED_BY_ANNOTATION: "orchestrator", CLEARED_BY_ANNOTATION: "bob"}),
+            ),
+        )
+        .await;
+    let (code, message) = refusal("a forged cleared-by on create", created);
+    assert_eq!(code, 403, "{message}");
+    assert!(
+        message.contains("cleared-by") && message.contains("\"bob\" by alice"),
+        "{message}"
+    );
+    let created = alice
+        .create(
+            &PostParams::default(),
+            &request(
+                &ns,
+                "blocked",
+                json!({CREATED_BY_ANNOTATION: "orchestrator"}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.annotations()[CREATED_BY_ANNOTATION], "alice");
+    let wfes: Api<WorkflowExecution> = Api::namespaced(admin.clone(), &ns);
+    wfe_testing::wait_for("the request to fail", Duration::from_secs(60), || async {
+        wfes.get("blocked")
+            .await
+            .ok()
+            .filter(|w| w.phase() == Phase::Failed)
+    })
+    .await;
+    let annotate = |pairs: Value| json!({"metadata": {"annotations": pairs}});
+    let merge = PatchParams::default();
+
+    // Forgeries, each refused by the API server with a message naming the culprit.
+    let (code, message) = refusal(
+        "mallory rewriting created-by",
+        mallory
+            .patch(
+                "blocked",
+                &merge,
+                &Patch::Merge(annotate(json!({CREATED_BY_ANNOTATION: "mallory"}))),
+            )
+            .await,
+    );
+    assert_eq!(code, 403, "{message}");
+    assert!(
+        message.contains("creating user (alice)") && message.contains("\"mallory\" by mallory"),
+        "{message}"
+    );
+    let (code, message) = refusal(
+        "mallory stamping alice as the clearer",
+        mallory
+            .patch(
+                "blocked",
+                &merge,
+                &Patch::Merge(annotate(json!({CLEARED_BY_ANNOTATION: "alice"}))),
+            )
+            .await,
+    );
+    assert_eq!(code, 403, "{message}");
+    assert!(message.contains("\"alice\" by mallory"), "{message}");
+    let (_, message) = refusal(
+        "a reason of two words",
+        alice
+            .patch(
+                "blocked",
+                &merge,
+                &Patch::Merge(annotate(json!({"kubernaut.ai/clear-block": "fixed it"}))),
+            )
+            .await,
+    );
+    assert!(
+        message.contains("the reason has 2 word(s); at least 10"),
+        "{message}"
+    );
+    // Writing status.blockClearance directly is refused by the status policy
+    // (bins/we-operator/tests/policy.rs), which is bound to kubernaut-system.
+
+    // Alice clears the block, naming Bob: the API server stamps Alice, the operator records her.
+    let cleared = alice
+        .patch(
+            "blocked",
+            &merge,
+            &Patch::Merge(annotate(
+                json!({"kubernaut.ai/clear-block": REASON, CLEARED_BY_ANNOTATION: "bob"}),
+            )),
+        )
+        .await
+        .unwrap();
+    assert_eq!(cleared.annotations()[CLEARED_BY_ANNOTATION], "alice");
+    let done = wfe_testing::wait_for(
+        "the clearance to be recorded",
+        Duration::from_secs(60),
+        || async {
+            wfes.get("blocked")
+                .await
+                .ok()
+                .and_then(|w| w.status.and_then(|s| s.block_clearance))
+        },
+    )
+    .await;
+    assert_eq!(done.cleared_by, "alice");
+    assert_eq!(done.clear_reason, REASON);
+
+    // The audit trail names both: who asked (every event) and who cleared.
+    let events = wfe_testing::wait_for(
+        "the block.cleared audit event",
+        Duration::from_secs(60),
+        || async {
+            let events = audit.events.lock().unwrap().clone();
+            events
+                .iter()
+                .any(|e| {
+                    e["resource_id"] == "blocked"
+                        && e["event_type"] == "workflowexecution.block.cleared"
+                })
+                .then_some(events)
+        },
+    )
+    .await;
+    for e in events.iter().filter(|e| e["resource_id"] == "blocked") {
+        assert_eq!(e["event_data"]["created_by"], "alice", "{e}");
+    }
+    let cleared_event = events
+        .iter()
+        .find(|e| e["event_type"] == "workflowexecution.block.cleared")
+        .unwrap();
+    assert_eq!(cleared_event["event_data"]["cleared_by"], "alice");
+    assert_eq!(cleared_event["actor_id"], "user/alice");
+
+    // Mallory changing the reason afterwards is stamped as Mallory, and the recorded clearance
+    // stays Alice's.
+    let restamped = mallory
+        .patch(
+            "blocked",
+            &merge,
+            &Patch::Merge(annotate(
+                json!({"kubernaut.ai/clear-block": format!("{REASON} again")}),
+            )),
+        )
+        .await
+        .unwrap();
+    assert_eq!(restamped.annotations()[CLEARED_BY_ANNOTATION], "mallory");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let record = wfes.get("blocked").await.unwrap().status.unwrap();
+    assert_eq!(record.block_clearance.unwrap().cleared_by, "alice");
+
+    for (api, name) in bindings {
+        api.delete(&name, &DeleteParams::default()).await.unwrap();
+    }
+    operator.kill().await.ok();
+}
