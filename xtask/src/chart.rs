@@ -412,7 +412,8 @@ fn check(root: &Path) -> Result<()> {
         &[
             "get",
             "deployments,services,serviceaccounts,roles,rolebindings,poddisruptionbudgets,networkpolicies,\
-             clusterroles,clusterrolebindings,validatingadmissionpolicies,validatingadmissionpolicybindings",
+             clusterroles,clusterrolebindings,validatingadmissionpolicies,validatingadmissionpolicybindings,\
+             mutatingadmissionpolicies,mutatingadmissionpolicybindings,configmaps",
             "--all-namespaces",
             "-l",
             &selector,
