@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod policy;
 pub mod preflight;
 pub mod reconcile;
+pub mod retention;
 pub mod targets;
 pub mod transitions;
 
