@@ -29,7 +29,6 @@ use std::{
 };
 
 use futures::{StreamExt, TryStreamExt, stream};
-use k8s_openapi::jiff::Timestamp;
 use kube::{
     Api, Client,
     runtime::{
@@ -45,9 +44,7 @@ use wfe_executor::Registry;
 
 pub use audit::{AuditSink, HttpSink, StdoutSink};
 pub use guards::GuardConfig;
-pub use reconcile::{
-    Clock, Context, ControllerConfig, Error, TargetIndex, error_policy, reconcile,
-};
+pub use reconcile::{Context, ControllerConfig, Error, TargetIndex, error_policy, reconcile};
 
 /// Health of a running controller, for `/readyz`.
 #[derive(Debug, Default)]
@@ -85,10 +82,6 @@ impl std::fmt::Debug for RunOptions {
             .field("registry", &self.registry)
             .finish_non_exhaustive()
     }
-}
-
-fn system_clock() -> Clock {
-    Arc::new(Timestamp::now)
 }
 
 /// Runs the controller until `shutdown` resolves; in-flight reconciles finish first.
@@ -139,7 +132,6 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()> + Send + S
         index.clone(),
         audit,
         recorder,
-        system_clock(),
     ));
 
     // The cache holds the WorkflowExecutions with work left; settled ones only have their guard

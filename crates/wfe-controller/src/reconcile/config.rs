@@ -1,0 +1,44 @@
+//! The controller's settings.
+
+use std::time::Duration;
+
+use crate::guards::GuardConfig;
+
+/// Controller settings.
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    /// Guard settings (cooldown, backoff, max consecutive failures).
+    pub guards: GuardConfig,
+    /// How often a running execution is re-read even without a watch event (a safety net; the
+    /// watch on execution resources is what normally wakes it).
+    pub running_resync: Duration,
+    /// Parallel reconciles.
+    pub concurrency: u16,
+    /// Namespace to watch for WorkflowExecutions (`None`: all).
+    pub watch_namespace: Option<String>,
+    /// Namespace where execution resources live: the one setting the executors are built with
+    /// too (`bins/we-operator` passes it to each backend) and the one their watches cover.
+    pub execution_namespace: String,
+    /// The key that verifies the admission webhook's clearance attestations; without it every
+    /// clearance is recorded as `clearedBy: unknown`.
+    pub clearance_key: Option<crate::clearance::ClearanceKey>,
+    /// Fill the WorkflowExecution cache with a streaming list (a watch that sends the existing
+    /// objects first, Kubernetes WatchList) rather than paged lists: objects arrive one at a time,
+    /// so the start-up peak of memory does not grow with page size. Needs an API server that
+    /// serves WatchList (on by default in recent Kubernetes releases).
+    pub streaming_lists: bool,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            guards: GuardConfig::default(),
+            running_resync: Duration::from_secs(300),
+            concurrency: 16,
+            watch_namespace: None,
+            execution_namespace: "kubernaut-workflows".into(),
+            clearance_key: None,
+            streaming_lists: true,
+        }
+    }
+}
