@@ -344,7 +344,6 @@ async fn run(args: RunArgs) -> Result<()> {
             running_resync: args.running_resync,
             concurrency: args.concurrency,
             watch_namespace: watch_scope(args.watch_namespace.as_deref(), &own_namespace(&client)),
-            execution_namespace: args.execution_namespace.clone(),
             clearance_key,
             streaming_lists: args.streaming_lists,
         },

@@ -110,10 +110,7 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()> + Send + S
     // namespace, started by each executor).
     let mut triggers = Vec::new();
     for engine in registry.engines() {
-        let Some(changes) = registry
-            .get(engine)
-            .and_then(|e| e.changes(client.clone(), &cfg.execution_namespace))
-        else {
+        let Some(changes) = registry.get(engine).and_then(|e| e.changes()) else {
             continue;
         };
         triggers.push(

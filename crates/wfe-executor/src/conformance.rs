@@ -707,11 +707,7 @@ impl<S: Subject> Run<'_, S> {
     }
 
     async fn watch_wakes_the_owner(&self) -> Checked {
-        let env = self.env();
-        let Some(changes) = self
-            .executor()
-            .changes(env.client.clone(), &env.execution_namespace)
-        else {
+        let Some(changes) = self.executor().changes() else {
             // The contract allows a backend without a watch: it is polled instead.
             eprintln!("no watch: the controller polls this backend every --running-resync");
             return Ok(());

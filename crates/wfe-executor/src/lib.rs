@@ -199,12 +199,13 @@ pub trait Executor: Send + Sync + std::fmt::Debug + 'static {
         Availability::Available
     }
 
-    /// Starts watching the execution resources in `namespace`; the controller calls it once at
-    /// start and wakes the owner of every object the stream yields (the WorkflowExecution that
-    /// [`owner_of`] names). `None` (the default): no watch, status is polled every
-    /// `--running-resync`. Backends built on [`ExecutionResource`] watch whole objects and read
-    /// them from memory ([`watch::cached_changes`]); others may use [`watch::metadata_changes`].
-    fn changes(&self, _client: kube::Client, _namespace: &str) -> Option<watch::Changes> {
+    /// The watch of the backend's execution resources (in its own execution namespace, the one
+    /// it was built with); the controller takes it once at start and wakes the owner of every
+    /// object the stream yields (the WorkflowExecution that [`owner_of`] names). `None` (the
+    /// default, and once taken): no watch, status is polled every `--running-resync`. Backends
+    /// built on [`ExecutionResource`] watch whole objects and read them from memory
+    /// ([`watch::ResourceCache`]); others may use [`watch::metadata_changes`].
+    fn changes(&self) -> Option<watch::Changes> {
         None
     }
 

@@ -213,7 +213,8 @@ impl<K: ExecutionObject> std::fmt::Debug for ResourceClient<K> {
 }
 
 impl<K: ExecutionObject> ResourceClient<K> {
-    /// Objects of type `K` in the execution `namespace`.
+    /// Objects of type `K` in the execution `namespace`, with the watch cache of them (the watch
+    /// starts when the controller polls [`Executor::changes`]).
     pub fn new(client: Client, namespace: impl Into<String>) -> Self {
         let kind = match K::kind(&()) {
             Cow::Borrowed(kind) => kind,
@@ -221,11 +222,12 @@ impl<K: ExecutionObject> ResourceClient<K> {
             // leaked once per executor.
             Cow::Owned(kind) => Box::leak(kind.into_boxed_str()),
         };
+        let namespace = namespace.into();
         ResourceClient {
+            cache: ResourceCache::new(Api::namespaced(client.clone(), &namespace)),
             client,
-            namespace: namespace.into(),
+            namespace,
             kind,
-            cache: ResourceCache::default(),
         }
     }
 
@@ -581,14 +583,10 @@ impl<B: ExecutionResource> Executor for B {
         ExecutionResource::availability(self).await
     }
 
-    /// Watches whole objects (label-filtered, `managedFields` dropped) and keeps them for
-    /// `status` and `delete`.
-    fn changes(&self, client: Client, namespace: &str) -> Option<Changes> {
-        Some(
-            self.resources()
-                .cache
-                .changes(Api::namespaced(client, namespace)),
-        )
+    /// Watches whole objects in the execution namespace (label-filtered, `managedFields`
+    /// dropped) and keeps them for `status` and `delete`.
+    fn changes(&self) -> Option<Changes> {
+        self.resources().cache.changes()
     }
 
     fn initial_summary(&self) -> Option<ExecutionStatusSummary> {

@@ -685,7 +685,7 @@ async fn observations_while_the_watch_runs() {
     let env = env().await;
     let mut changes = env
         .executor
-        .changes(env.client.clone(), &env.exec_ns)
+        .changes()
         .expect("the Tekton backend watches PipelineRuns");
     let wfe = create_wfe(&env.client, &env.wfe_ns, "cached", "prod/Deployment/cached").await;
     let name = env.create_expecting_created(&wfe).await;

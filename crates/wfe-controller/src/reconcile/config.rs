@@ -16,9 +16,6 @@ pub struct ControllerConfig {
     pub concurrency: u16,
     /// Namespace to watch for WorkflowExecutions (`None`: all).
     pub watch_namespace: Option<String>,
-    /// Namespace where execution resources live: the one setting the executors are built with
-    /// too (`bins/we-operator` passes it to each backend) and the one their watches cover.
-    pub execution_namespace: String,
     /// The key that verifies the admission webhook's clearance attestations; without it every
     /// clearance is recorded as `clearedBy: unknown`.
     pub clearance_key: Option<crate::clearance::ClearanceKey>,
@@ -36,7 +33,6 @@ impl Default for ControllerConfig {
             running_resync: Duration::from_secs(300),
             concurrency: 16,
             watch_namespace: None,
-            execution_namespace: "kubernaut-workflows".into(),
             clearance_key: None,
             streaming_lists: true,
         }

@@ -58,9 +58,15 @@ impl Context {
                 effects::execution_failed(&wfe, Some(summary), &failure, finished, true, now)
             }
             Observation::DeletedExternally { kind, name } => {
+                // The namespace the executor created it in (its own configuration).
+                let namespace = wfe
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.execution_ref.as_ref())
+                    .map(|r| r.namespace.clone())
+                    .unwrap_or_default();
                 let message = format!(
-                    "{kind} {}/{name} was deleted externally while the workflow was running",
-                    self.cfg.execution_namespace
+                    "{kind} {namespace}/{name} was deleted externally while the workflow was running"
                 );
                 let f = Failure::new(FailureReason::Unknown, message, true);
                 effects::execution_failed(&wfe, None, &f, now, false, now)

@@ -144,7 +144,6 @@ impl Harness {
             running_resync: Duration::from_secs(30),
             concurrency: 8,
             watch_namespace: Some(ns.clone()),
-            execution_namespace: exec_ns.clone(),
             clearance_key: None,
             streaming_lists: true,
         };
