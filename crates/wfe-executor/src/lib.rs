@@ -32,14 +32,21 @@
 //! through a blanket implementation. Create, adoption, "held by another", stale replacement,
 //! owner-only delete, the identity metadata ([`resource::execution_metadata`]), the watch and the
 //! reads from its cache are the module's. Both built-in backends (`wfe-job`, `wfe-tekton`) are
-//! built this way. Implement [`Executor`] directly only for an engine whose state is not a
-//! Kubernetes object.
+//! built this way.
+//!
+//! ## Backends whose engine lives outside Kubernetes
+//!
+//! An engine behind a REST API (AWX, a CI system) has no object to hold the lock with. It
+//! implements [`external::ExternalEngine`] (launch, observe, cancel) and [`external::External`]
+//! makes it an [`Executor`]: the framework holds the per-target lock with a Lease named from the
+//! target and runs the same protocol on it.
 //!
 //! [`conformance`] holds a test suite that checks these rules against a real API server; every
 //! backend crate runs it in its integration tests.
 
 pub mod conformance;
 mod error;
+pub mod external;
 mod naming;
 mod registry;
 pub mod resource;

@@ -155,6 +155,11 @@ where
         self.watch.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
+    /// Every cached resource.
+    pub fn objects(&self) -> Vec<Arc<K>> {
+        self.store.state()
+    }
+
     /// The cached resource `namespace/name` if it belongs to `wfe`. `None` says nothing for
     /// sure: the watch may not have delivered a new resource yet, or may still show the replaced
     /// resource of another owner, so a caller confirms with a read from the API server before it
