@@ -652,19 +652,10 @@ mod tests {
     use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 
     fn wfe(name: &str, namespace: &str, uid: &str) -> WorkflowExecution {
-        let mut w: WorkflowExecution = serde_json::from_value(serde_json::json!({
-            "apiVersion": "kubernaut.ai/v1alpha1",
-            "kind": "WorkflowExecution",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {
-                "workflowRef": {"workflowId": "restart", "version": "1", "containerImage": "registry.example/wf:v1"},
-                "targetResource": "prod/Deployment/app",
-                "remediationRequestRef": {"name": "rr"}
-            }
-        }))
-        .expect("valid WorkflowExecution");
-        w.metadata.uid = Some(uid.to_string()).filter(|u| !u.is_empty());
-        w
+        wfe_api::testing::wfe(name)
+            .namespace(namespace)
+            .uid(Some(uid).filter(|u| !u.is_empty()))
+            .build()
     }
 
     fn meta_of(owner: Option<&WorkflowExecution>) -> ObjectMeta {

@@ -344,19 +344,11 @@ mod tests {
     use wfe_api::{FailureReason, Phase};
 
     fn wfe(status: serde_json::Value) -> WorkflowExecution {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "kubernaut.ai/v1alpha1", "kind": "WorkflowExecution",
-            "metadata": {"name": "w", "namespace": "ns", "uid": "u",
-                         "creationTimestamp": "2026-01-01T00:00:00Z"},
-            "spec": {
-                "executionEngine": "job",
-                "workflowRef": {"workflowId": "restart", "version": "1", "containerImage": "r/wf@sha256:0"},
-                "targetResource": "ns/Deployment/app",
-                "remediationRequestRef": {"name": "rr"}
-            },
-            "status": status,
-        }))
-        .unwrap()
+        wfe_api::testing::wfe("w")
+            .workflow("restart")
+            .created("2026-01-01T00:00:00Z")
+            .status(status)
+            .build()
     }
 
     fn at(s: &str) -> Timestamp {

@@ -153,17 +153,11 @@ mod tests {
     use kube::runtime::reflector;
 
     fn wfe(name: &str, target: &str, status: serde_json::Value) -> WorkflowExecution {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "kubernaut.ai/v1alpha1", "kind": "WorkflowExecution",
-            "metadata": {"name": name, "namespace": "ns", "uid": format!("uid-{name}")},
-            "spec": {
-                "workflowRef": {"workflowId": "wf", "version": "1", "containerImage": "r/wf@sha256:0"},
-                "targetResource": target,
-                "remediationRequestRef": {"name": "rr"}
-            },
-            "status": status,
-        }))
-        .unwrap()
+        wfe_api::testing::wfe(name)
+            .namespace("ns")
+            .target(target)
+            .status(status)
+            .build()
     }
 
     fn settled_status() -> serde_json::Value {

@@ -284,16 +284,10 @@ mod tests {
     use super::*;
 
     fn wfe(name: &str, rv: &str) -> WorkflowExecution {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "kubernaut.ai/v1alpha1", "kind": "WorkflowExecution",
-            "metadata": {"name": name, "namespace": "ns", "uid": format!("uid-{name}"), "resourceVersion": rv},
-            "spec": {
-                "workflowRef": {"workflowId": "wf", "version": "1", "containerImage": "r/wf@sha256:0"},
-                "targetResource": "ns/Deployment/app",
-                "remediationRequestRef": {"name": "rr"}
-            }
-        }))
-        .unwrap()
+        wfe_api::testing::wfe(name)
+            .namespace("ns")
+            .resource_version(rv)
+            .build()
     }
 
     #[test]
