@@ -61,7 +61,7 @@ use wfe_api::{
 
 pub use error::{ExecutorError, is_already_exists, is_not_found};
 pub use naming::*;
-pub use registry::Registry;
+pub use registry::{EngineUnavailable, Registry};
 pub use resource::{ExecutionResource, ResourceClient};
 
 /// Whether the owner of a finished execution resource has recorded its outcome, so that the

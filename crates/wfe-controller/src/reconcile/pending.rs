@@ -32,8 +32,12 @@ impl Context {
         }
         let executor = match self.registry.resolve(wfe.engine()).await {
             Ok(executor) => executor.clone(),
-            Err(message) => {
-                let f = Failure::new(FailureReason::UnsupportedEngine, message, false);
+            Err(unavailable) => {
+                let f = Failure::new(
+                    FailureReason::UnsupportedEngine,
+                    unavailable.to_string(),
+                    false,
+                );
                 return self
                     .fail_before(&wfe, f, None, false, "WorkflowValidationFailed", None)
                     .await;
