@@ -339,7 +339,6 @@ async fn run(args: RunArgs) -> Result<()> {
             running_resync: args.running_resync,
             concurrency: args.concurrency,
             watch_namespace: watch_scope(args.watch_namespace.as_deref(), &own_namespace(&client)),
-            execution_namespace: args.execution_namespace.clone(),
             streaming_lists: args.streaming_lists,
             policy,
         },

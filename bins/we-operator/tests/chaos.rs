@@ -15,7 +15,7 @@ mod common;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    sync::{Arc, Mutex, atomic::Ordering},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -120,7 +120,8 @@ async fn leader_kills_and_audit_outage_lose_nothing_and_run_nothing_twice() {
     let dir = std::env::temp_dir().join(format!("we-operator-chaos-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let kubeconfig = operator_kubeconfig(&client, &dir).await;
-    let (audit, audit_url) = Audit::start().await;
+    let audit = AuditReceiver::start().await.unwrap();
+    let audit_url = audit.url.clone();
     let logs = wfe_testing::repo_root().join("target/chaos");
     std::fs::create_dir_all(&logs).unwrap();
     let extra = [
@@ -177,7 +178,7 @@ async fn leader_kills_and_audit_outage_lose_nothing_and_run_nothing_twice() {
         let leader = wait_leader(&mut replicas, &mut generation, &mut supervise).await;
         tokio::time::sleep(Duration::from_millis(300 + (k as u64 * 577) % 1500)).await;
         if k == kills / 2 {
-            audit.down.store(true, Ordering::SeqCst);
+            audit.set_down(true);
         }
         let (victim, _) = replicas.remove(leader);
         let pid = victim.pid().to_string();
@@ -193,7 +194,7 @@ async fn leader_kills_and_audit_outage_lose_nothing_and_run_nothing_twice() {
         failovers.push(killed.elapsed());
         if k == kills / 2 {
             tokio::time::sleep(Duration::from_secs(outage)).await;
-            audit.down.store(false, Ordering::SeqCst);
+            audit.set_down(false);
         }
     }
 
@@ -285,9 +286,7 @@ async fn leader_kills_and_audit_outage_lose_nothing_and_run_nothing_twice() {
         .collect();
     let missing = wfe_testing::wait_for("every audit event", Duration::from_secs(180), || async {
         let got: BTreeSet<(String, String)> = audit
-            .events
-            .lock()
-            .unwrap()
+            .events()
             .iter()
             .map(|e| {
                 (
@@ -301,11 +300,9 @@ async fn leader_kills_and_audit_outage_lose_nothing_and_run_nothing_twice() {
     })
     .await;
     assert!(missing.is_empty());
-    let delivered = audit.events.lock().unwrap().len();
+    let delivered = audit.len();
     let unique: BTreeSet<String> = audit
-        .events
-        .lock()
-        .unwrap()
+        .events()
         .iter()
         .filter_map(|e| e["event_id"].as_str().map(String::from))
         .collect();

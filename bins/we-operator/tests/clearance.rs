@@ -7,7 +7,7 @@ mod common;
 
 use std::{process::Stdio, time::Duration};
 
-use common::{Audit, apply_file, as_user, free_port, repo};
+use common::{apply_file, as_user, free_port, repo};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use kube::{
     Api, Client, ResourceExt,
@@ -17,6 +17,7 @@ use kube::{
 };
 use serde_json::{Value, json};
 use wfe_api::{CLEARED_BY_ANNOTATION, CREATED_BY_ANNOTATION, Phase, WorkflowExecution};
+use wfe_testing::audit::AuditReceiver;
 
 const REASON: &str =
     "the deployment manifest was fixed by the on-call engineer and verified in staging";
@@ -192,7 +193,8 @@ async fn the_api_server_stamps_who_created_and_who_cleared_and_refuses_forgeries
     )
     .await;
 
-    let (audit, audit_url) = Audit::start().await;
+    let audit = AuditReceiver::start().await.unwrap();
+    let audit_url = audit.url.clone();
     let log = std::fs::File::create(repo().join("target/we-operator-clearance.log")).unwrap();
     let mut operator = tokio::process::Command::new(env!("CARGO_BIN_EXE_we-operator"))
         .args(["run", "--watch-namespace", &ns])
@@ -324,7 +326,7 @@ async fn the_api_server_stamps_who_created_and_who_cleared_and_refuses_forgeries
         "the block.cleared audit event",
         Duration::from_secs(60),
         || async {
-            let events = audit.events.lock().unwrap().clone();
+            let events = audit.events();
             events
                 .iter()
                 .any(|e| {

@@ -254,7 +254,8 @@ async fn oomkill_remediation_through_the_job_backend_and_tekton_regression() {
     let dir = std::env::temp_dir().join(format!("we-operator-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let kubeconfig = operator_kubeconfig(&client, &dir).await;
-    let (audit, audit_url) = Audit::start().await;
+    let audit = AuditReceiver::start().await.unwrap();
+    let audit_url = audit.url.clone();
     let log = repo().join("target/we-operator-e2e.log");
     let operator = Operator::start(&kubeconfig, &audit_url, &log).await;
     least_privilege(&kubeconfig).await;
@@ -366,7 +367,7 @@ async fn oomkill_remediation_through_the_job_backend_and_tekton_regression() {
             })
     })
     .await;
-    let trail = audit.types_for("restart-my-app-oom");
+    let trail = types_and_engines(&audit, "restart-my-app-oom");
     for t in [
         "workflowexecution.selection.completed",
         "workflowexecution.execution.started",
@@ -534,7 +535,7 @@ async fn oomkill_remediation_through_the_job_backend_and_tekton_regression() {
         d.message
     );
     wfe_testing::wait_for("tekton audit trail", TIMEOUT, || async {
-        let t = audit.types_for("canary-default");
+        let t = types_and_engines(&audit, "canary-default");
         t.iter()
             .any(|(ty, e)| ty == "workflowexecution.workflow.completed" && e == "tekton")
             .then_some(())

@@ -195,3 +195,6 @@ fn walk(out: &mut String, path: &str, s: &serde_json::Value) {
 pub fn word_count(text: &str) -> usize {
     text.split_whitespace().count()
 }
+
+#[cfg(feature = "testing")]
+pub mod testing;

@@ -23,20 +23,20 @@ mod tracker;
 mod workload;
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::BTreeMap,
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
-use axum::{Router, body::Bytes, extract::State, http::StatusCode, routing::post};
 use clap::Parser;
 use kube::Client;
 use operator::{Launch, Operator};
 use prom::{Counts, delta};
 use report::{Attempt, Reference, Results, Scale, Stats, Workload, mib, r1, r3};
 use tracker::{Observed, Tracker};
+use wfe_testing::audit::AuditReceiver;
 
 /// How long a Job "runs" before the driver completes it.
 const HOLD: Duration = Duration::from_secs(1);
@@ -127,56 +127,6 @@ impl Plan {
     }
 }
 
-/// The HTTP audit receiver: acknowledges every batch (201) and counts the events by type, and
-/// the deliveries of an event id it had already acknowledged.
-#[derive(Clone, Debug, Default)]
-struct Audit {
-    state: Arc<Mutex<AuditState>>,
-}
-
-#[derive(Debug, Default)]
-struct AuditState {
-    seen: HashSet<String>,
-    by_type: Counts,
-    again_by_type: Counts,
-}
-
-impl Audit {
-    fn counts(&self) -> (Counts, Counts) {
-        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        (s.by_type.clone(), s.again_by_type.clone())
-    }
-}
-
-async fn receive(State(a): State<Audit>, body: Bytes) -> StatusCode {
-    let events: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap_or_default();
-    let mut s = a.state.lock().unwrap_or_else(|e| e.into_inner());
-    for e in events {
-        let ty = e["event_type"].as_str().unwrap_or("?").to_string();
-        let id = e["event_id"].as_str().unwrap_or("").to_string();
-        *s.by_type.entry(ty.clone()).or_default() += 1.0;
-        if !s.seen.insert(id) {
-            *s.again_by_type.entry(ty).or_default() += 1.0;
-        }
-    }
-    StatusCode::CREATED
-}
-
-async fn start_audit() -> Result<(Audit, String)> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let audit = Audit::default();
-    let app = Router::new()
-        .route("/api/v1/audit/events/batch", post(receive))
-        .with_state(audit.clone());
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            eprintln!("audit receiver stopped: {e}");
-        }
-    });
-    Ok((audit, url))
-}
-
 /// What a workload does.
 #[derive(Debug, Clone, Copy)]
 enum Load {
@@ -233,7 +183,7 @@ struct Bench {
     args: Vec<std::ffi::OsString>,
     client: Client,
     launch: Launch,
-    audit: Audit,
+    audit: AuditReceiver,
     peak_kib: u64,
     cluster: Vec<(String, u32)>,
     cpus: usize,
@@ -687,7 +637,8 @@ async fn main() -> Result<()> {
     let client = setup::admin_client(&args.kubeconfig).await?;
     setup::prepare(&client, &args.repo).await?;
     let kubeconfig = setup::operator_kubeconfig(&client, &args.kubeconfig, &out_dir).await?;
-    let (audit, audit_url) = start_audit().await?;
+    let audit = AuditReceiver::start().await?;
+    let audit_url = audit.url.clone();
     let launch = Launch {
         binary: args.operator.clone(),
         kubeconfig,

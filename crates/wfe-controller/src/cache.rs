@@ -84,22 +84,28 @@ mod tests {
     use serde_json::json;
 
     fn wfe(status: serde_json::Value, annotations: serde_json::Value) -> WorkflowExecution {
-        serde_json::from_value(json!({
-            "apiVersion": "kubernaut.ai/v1alpha1", "kind": "WorkflowExecution",
-            "metadata": {"name": "w", "namespace": "ns", "uid": "u-1", "resourceVersion": "7",
-                         "creationTimestamp": "2026-01-01T00:00:00Z",
-                         "finalizers": [wfe_api::FINALIZER], "annotations": annotations,
-                         "labels": {"a": "b"},
-                         "managedFields": [{"manager": "kubectl", "operation": "Apply"}]},
-            "spec": {"executionEngine": "job",
-                     "workflowRef": {"workflowId": "restart", "version": "1.0.0",
-                                     "containerImage": "r/i@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"},
-                     "targetResource": "prod/Deployment/app",
-                     "parameters": {"A": "1"},
-                     "remediationRequestRef": {"name": "rr"}},
-            "status": status
-        }))
-        .unwrap()
+        wfe_api::testing::wfe("w")
+            .namespace("ns")
+            .uid(Some("u-1"))
+            .resource_version("7")
+            .created("2026-01-01T00:00:00Z")
+            .meta("finalizers", json!([wfe_api::FINALIZER]))
+            .meta("annotations", annotations)
+            .meta("labels", json!({"a": "b"}))
+            .meta(
+                "managedFields",
+                json!([{"manager": "kubectl", "operation": "Apply"}]),
+            )
+            .workflow("restart")
+            .spec(
+                "workflowRef",
+                json!({"workflowId": "restart", "version": "1.0.0",
+                       "containerImage": format!("r/i@{}", wfe_api::testing::DIGEST)}),
+            )
+            .target("prod/Deployment/app")
+            .param("A", "1")
+            .status(status)
+            .build()
     }
 
     fn finished(phase: &str) -> serde_json::Value {

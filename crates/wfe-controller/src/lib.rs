@@ -33,7 +33,6 @@ use std::{
 };
 
 use futures::{StreamExt, TryStreamExt, stream};
-use k8s_openapi::jiff::Timestamp;
 use kube::{
     Api, Client,
     runtime::{
@@ -49,9 +48,7 @@ use wfe_executor::Registry;
 
 pub use audit::{AuditSink, HttpSink, StdoutSink};
 pub use guards::GuardConfig;
-pub use reconcile::{
-    Clock, Context, ControllerConfig, Error, TargetIndex, error_policy, reconcile,
-};
+pub use reconcile::{Context, ControllerConfig, Error, TargetIndex, error_policy, reconcile};
 
 /// Health of a running controller, for `/readyz`.
 #[derive(Debug, Default)]
@@ -91,10 +88,6 @@ impl std::fmt::Debug for RunOptions {
     }
 }
 
-fn system_clock() -> Clock {
-    Arc::new(Timestamp::now)
-}
-
 /// Runs the controller until `shutdown` resolves; in-flight reconciles finish first.
 pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
     let RunOptions {
@@ -126,10 +119,7 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()> + Send + S
     // namespace, started by each executor).
     let mut triggers = Vec::new();
     for engine in registry.engines() {
-        let Some(changes) = registry
-            .get(engine)
-            .and_then(|e| e.changes(client.clone(), &cfg.execution_namespace))
-        else {
+        let Some(changes) = registry.get(engine).and_then(|e| e.changes()) else {
             continue;
         };
         triggers.push(
@@ -148,7 +138,6 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()> + Send + S
         index.clone(),
         audit,
         recorder,
-        system_clock(),
     ));
 
     // The cache holds the WorkflowExecutions with work left; settled ones only have their guard

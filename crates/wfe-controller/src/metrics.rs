@@ -21,6 +21,8 @@ pub const ACTIVE: &str = "workflowexecution_active_executions";
 pub const RECONCILE_ERRORS: &str = "workflowexecution_reconcile_errors_total";
 /// Audit deliveries, by result.
 pub const AUDIT_EVENTS: &str = "workflowexecution_audit_events_total";
+/// Lock releases, by engine and how the execution resource went.
+pub const LOCK_RELEASED: &str = "workflowexecution_lock_released_total";
 
 /// Buckets of the execution duration histogram (seconds).
 pub const DURATION_BUCKETS: &[f64] = &[
@@ -59,6 +61,10 @@ pub fn describe() {
     describe_gauge!(ACTIVE, "Executions currently running, by execution engine");
     describe_counter!(RECONCILE_ERRORS, "Reconcile errors, by category");
     describe_counter!(AUDIT_EVENTS, "Audit events delivered or failed, by result");
+    describe_counter!(
+        LOCK_RELEASED,
+        "Per-target locks released, by execution engine and how the execution resource went (deleted, gone, replaced)"
+    );
 }
 
 /// A terminal transition.
@@ -98,4 +104,9 @@ pub fn reconcile_error(category: &'static str) {
 /// Audit deliveries.
 pub fn audit(result: &'static str, count: usize) {
     counter!(AUDIT_EVENTS, "result" => result).increment(count as u64);
+}
+
+/// A lock release; `how`: `deleted`, `gone` (already) or `replaced` (by the next execution).
+pub fn lock_released(engine: &str, how: &'static str) {
+    counter!(LOCK_RELEASED, "execution_engine" => engine.to_string(), "how" => how).increment(1);
 }

@@ -213,7 +213,14 @@ mod tests {
     fn a_short_retention_never_ends_the_cooldown_early() {
         let me = prior("ns/a", Phase::Succeeded, 0);
         assert_eq!(
-            decide(&me, &[], false, Some(Duration::from_secs(60)), COOLDOWN, at(120)),
+            decide(
+                &me,
+                &[],
+                false,
+                Some(Duration::from_secs(60)),
+                COOLDOWN,
+                at(120)
+            ),
             Retention::KeepUntil(at(300))
         );
     }

@@ -443,14 +443,14 @@ mod tests {
     }
 
     fn wfe(status: serde_json::Value) -> WorkflowExecution {
-        serde_json::from_value(json!({
-            "apiVersion": "kubernaut.ai/v1alpha1", "kind": "WorkflowExecution",
-            "metadata": {"name": "w", "namespace": "ns", "generation": 1},
-            "spec": {"executionEngine": "job", "workflowRef": {"workflowId": "wf", "version": "1", "containerImage": "x"},
-                     "targetResource": "ns/Deployment/app", "remediationRequestRef": {"name": "rr"}},
-            "status": status
-        }))
-        .unwrap()
+        wfe_api::testing::wfe("w")
+            .namespace("ns")
+            .uid(None)
+            .meta("generation", json!(1))
+            .image("x")
+            .target("ns/Deployment/app")
+            .status(status)
+            .build()
     }
 
     fn reference() -> ExecutionRef {

@@ -376,9 +376,7 @@ async fn external_deletion_and_wfe_deletion() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_outage_loses_nothing() {
     let h = Harness::start("audit", guards(60_000)).await;
-    h.audit
-        .down
-        .store(true, std::sync::atomic::Ordering::SeqCst);
+    h.audit.set_down(true);
     h.create(&h.wfe(
         "during-outage",
         Some("job"),
@@ -395,9 +393,7 @@ async fn audit_outage_loses_nothing() {
     .await;
     assert!(h.audit.for_resource("during-outage").is_empty());
     tokio::time::sleep(Duration::from_secs(2)).await;
-    h.audit
-        .down
-        .store(false, std::sync::atomic::Ordering::SeqCst);
+    h.audit.set_down(false);
     h.wait_audit(
         "during-outage",
         &[

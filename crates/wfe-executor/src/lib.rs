@@ -32,14 +32,21 @@
 //! through a blanket implementation. Create, adoption, "held by another", stale replacement,
 //! owner-only delete, the identity metadata ([`resource::execution_metadata`]), the watch and the
 //! reads from its cache are the module's. Both built-in backends (`wfe-job`, `wfe-tekton`) are
-//! built this way. Implement [`Executor`] directly only for an engine whose state is not a
-//! Kubernetes object.
+//! built this way.
+//!
+//! ## Backends whose engine lives outside Kubernetes
+//!
+//! An engine behind a REST API (AWX, a CI system) has no object to hold the lock with. It
+//! implements [`external::ExternalEngine`] (launch, observe, cancel) and [`external::External`]
+//! makes it an [`Executor`]: the framework holds the per-target lock with a Lease named from the
+//! target and runs the same protocol on it.
 //!
 //! [`conformance`] holds a test suite that checks these rules against a real API server; every
 //! backend crate runs it in its integration tests.
 
 pub mod conformance;
 mod error;
+pub mod external;
 mod naming;
 mod registry;
 pub mod resource;
@@ -54,7 +61,7 @@ use wfe_api::{
 
 pub use error::{ExecutorError, is_already_exists, is_not_found};
 pub use naming::*;
-pub use registry::Registry;
+pub use registry::{EngineUnavailable, Registry};
 pub use resource::{ExecutionResource, ResourceClient};
 
 /// Whether the owner of a finished execution resource has recorded its outcome, so that the
@@ -199,12 +206,13 @@ pub trait Executor: Send + Sync + std::fmt::Debug + 'static {
         Availability::Available
     }
 
-    /// Starts watching the execution resources in `namespace`; the controller calls it once at
-    /// start and wakes the owner of every object the stream yields (the WorkflowExecution that
-    /// [`owner_of`] names). `None` (the default): no watch, status is polled every
-    /// `--running-resync`. Backends built on [`ExecutionResource`] watch whole objects and read
-    /// them from memory ([`watch::cached_changes`]); others may use [`watch::metadata_changes`].
-    fn changes(&self, _client: kube::Client, _namespace: &str) -> Option<watch::Changes> {
+    /// The watch of the backend's execution resources (in its own execution namespace, the one
+    /// it was built with); the controller takes it once at start and wakes the owner of every
+    /// object the stream yields (the WorkflowExecution that [`owner_of`] names). `None` (the
+    /// default, and once taken): no watch, status is polled every `--running-resync`. Backends
+    /// built on [`ExecutionResource`] watch whole objects and read them from memory
+    /// ([`watch::ResourceCache`]); others may use [`watch::metadata_changes`].
+    fn changes(&self) -> Option<watch::Changes> {
         None
     }
 

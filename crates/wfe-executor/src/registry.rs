@@ -40,23 +40,70 @@ impl Registry {
         self.executors.keys()
     }
 
-    /// The executor for an engine if it can take work now, or a message saying why not and what
-    /// to do about it.
-    pub async fn resolve(&self, engine: &ExecutionEngine) -> Result<&Arc<dyn Executor>, String> {
+    /// The executor for an engine if it can take work now, or why not ([`EngineUnavailable`],
+    /// whose message says what to do about it).
+    pub async fn resolve(
+        &self,
+        engine: &ExecutionEngine,
+    ) -> Result<&Arc<dyn Executor>, EngineUnavailable> {
         let Some(executor) = self.get(engine) else {
-            let known: Vec<&str> = self.engines().map(ExecutionEngine::as_str).collect();
-            return Err(format!(
-                "execution engine {:?} is not supported by this operator (available: {})",
-                engine.as_str(),
-                known.join(", ")
-            ));
+            return Err(EngineUnavailable::NotRegistered {
+                engine: engine.as_str().to_string(),
+                available: self.engines().map(|e| e.as_str().to_string()).collect(),
+            });
         };
         match executor.availability().await {
             Availability::Available => Ok(executor),
-            Availability::Unavailable(hint) => Err(format!(
-                "execution engine {:?} is not available: {hint}",
-                engine.as_str()
-            )),
+            Availability::Unavailable(hint) => Err(EngineUnavailable::Unavailable {
+                engine: engine.as_str().to_string(),
+                hint,
+            }),
         }
+    }
+}
+
+/// Why [`Registry::resolve`] has no executor for an engine.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EngineUnavailable {
+    /// No executor serves the engine in this operator.
+    #[error("execution engine {engine:?} is not supported by this operator (available: {})", available.join(", "))]
+    NotRegistered {
+        /// The engine asked for.
+        engine: String,
+        /// The engines this operator serves.
+        available: Vec<String>,
+    },
+    /// Its executor cannot take work now ([`Availability::Unavailable`]).
+    #[error("execution engine {engine:?} is not available: {hint}")]
+    Unavailable {
+        /// The engine asked for.
+        engine: String,
+        /// What an operator should do.
+        hint: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_say_what_to_do() {
+        let e = EngineUnavailable::NotRegistered {
+            engine: "ansible".into(),
+            available: vec!["tekton".into(), "job".into()],
+        };
+        assert_eq!(
+            e.to_string(),
+            "execution engine \"ansible\" is not supported by this operator (available: tekton, job)"
+        );
+        let e = EngineUnavailable::Unavailable {
+            engine: "tekton".into(),
+            hint: "install Tekton".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "execution engine \"tekton\" is not available: install Tekton"
+        );
     }
 }

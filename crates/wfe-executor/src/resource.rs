@@ -169,6 +169,19 @@ pub trait ExecutionResource: Send + Sync + std::fmt::Debug + 'static {
         Ok(())
     }
 
+    /// Runs after the object was created or adopted: start what the object stands for (a backend
+    /// whose engine lives outside Kubernetes launches its execution here, see
+    /// [`external`](crate::external)). It runs again on every adoption, so it must be idempotent.
+    /// An error deletes the object just created or adopted (it must not hold the target for a
+    /// request that ends here, or is retried) and fails the create. Default: nothing.
+    async fn started(
+        &self,
+        _object: &Self::Object,
+        _wfe: &WorkflowExecution,
+    ) -> Result<(), ExecutorError> {
+        Ok(())
+    }
+
     /// Runs before an owned object is deleted, and for an owned object already being deleted
     /// (for example: cancel a running execution so the engine stops it and records why). Best
     /// effort: NotFound ends the delete, any other error is logged and the deletion goes on.
@@ -213,7 +226,8 @@ impl<K: ExecutionObject> std::fmt::Debug for ResourceClient<K> {
 }
 
 impl<K: ExecutionObject> ResourceClient<K> {
-    /// Objects of type `K` in the execution `namespace`.
+    /// Objects of type `K` in the execution `namespace`, with the watch cache of them (the watch
+    /// starts when the controller polls [`Executor::changes`]).
     pub fn new(client: Client, namespace: impl Into<String>) -> Self {
         let kind = match K::kind(&()) {
             Cow::Borrowed(kind) => kind,
@@ -221,11 +235,12 @@ impl<K: ExecutionObject> ResourceClient<K> {
             // leaked once per executor.
             Cow::Owned(kind) => Box::leak(kind.into_boxed_str()),
         };
+        let namespace = namespace.into();
         ResourceClient {
+            cache: ResourceCache::new(Api::namespaced(client.clone(), &namespace)),
             client,
-            namespace: namespace.into(),
+            namespace,
             kind,
-            cache: ResourceCache::default(),
         }
     }
 
@@ -290,6 +305,11 @@ impl<K: ExecutionObject> ResourceClient<K> {
             return Ok(Some(K::clone(&o)));
         }
         self.get(&name).await
+    }
+
+    /// The objects the watch cache holds (empty until the watch runs).
+    pub fn cached(&self) -> Vec<std::sync::Arc<K>> {
+        self.cache.objects()
     }
 
     /// Deletes exactly `object` (UID precondition, background propagation) and says what became
@@ -453,16 +473,16 @@ async fn create<B: ExecutionResource>(
         if let Some(existing) = resources.get(&name).await?
             && is_owned_by(existing.meta(), wfe)
         {
-            return Ok(CreateOutcome::Adopted(reference));
+            return start(backend, &existing, wfe, CreateOutcome::Adopted(reference)).await;
         }
         return Err(e);
     }
     let api = resources.api();
     for round in 0..CREATE_ROUNDS {
         match api.create(&PostParams::default(), &desired).await {
-            Ok(_) => {
+            Ok(created) => {
                 tracing::debug!(resource = %resources.describe(&name), wfe = %wfe.name_any(), "created");
-                return Ok(CreateOutcome::Created(reference));
+                return start(backend, &created, wfe, CreateOutcome::Created(reference)).await;
             }
             Err(e) if is_already_exists(&e) => {}
             Err(e) => {
@@ -480,7 +500,7 @@ async fn create<B: ExecutionResource>(
         match classify_existing(existing.meta(), finished, wfe) {
             Existing::Adopt => {
                 tracing::info!(resource = %resources.describe(&name), wfe = %wfe.name_any(), "adopted");
-                return Ok(CreateOutcome::Adopted(reference));
+                return start(backend, &existing, wfe, CreateOutcome::Adopted(reference)).await;
             }
             Existing::Held(holder) => return Ok(CreateOutcome::HeldBy { reference, holder }),
             Existing::Stale(owner) => {
@@ -506,6 +526,24 @@ async fn create<B: ExecutionResource>(
         "{} kept changing while it was being created ({CREATE_ROUNDS} attempts); retry later",
         resources.describe(&name)
     )))
+}
+
+/// Runs the backend's [`started`](ExecutionResource::started) hook on the object just created or
+/// adopted; if it fails, the object is deleted again (best effort) and the create fails.
+async fn start<B: ExecutionResource>(
+    backend: &B,
+    object: &B::Object,
+    wfe: &WorkflowExecution,
+    outcome: CreateOutcome,
+) -> Result<CreateOutcome, ExecutorError> {
+    let Err(e) = backend.started(object, wfe).await else {
+        return Ok(outcome);
+    };
+    let resources = backend.resources();
+    if let Err(d) = resources.delete_exact(object).await {
+        tracing::warn!(resource = %resources.describe(&object.name_any()), error = %d, "cannot delete the execution resource of a failed start");
+    }
+    Err(e)
 }
 
 async fn status<B: ExecutionResource>(
@@ -581,14 +619,10 @@ impl<B: ExecutionResource> Executor for B {
         ExecutionResource::availability(self).await
     }
 
-    /// Watches whole objects (label-filtered, `managedFields` dropped) and keeps them for
-    /// `status` and `delete`.
-    fn changes(&self, client: Client, namespace: &str) -> Option<Changes> {
-        Some(
-            self.resources()
-                .cache
-                .changes(Api::namespaced(client, namespace)),
-        )
+    /// Watches whole objects in the execution namespace (label-filtered, `managedFields`
+    /// dropped) and keeps them for `status` and `delete`.
+    fn changes(&self) -> Option<Changes> {
+        self.resources().cache.changes()
     }
 
     fn initial_summary(&self) -> Option<ExecutionStatusSummary> {
@@ -618,19 +652,10 @@ mod tests {
     use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 
     fn wfe(name: &str, namespace: &str, uid: &str) -> WorkflowExecution {
-        let mut w: WorkflowExecution = serde_json::from_value(serde_json::json!({
-            "apiVersion": "kubernaut.ai/v1alpha1",
-            "kind": "WorkflowExecution",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {
-                "workflowRef": {"workflowId": "restart", "version": "1", "containerImage": "registry.example/wf:v1"},
-                "targetResource": "prod/Deployment/app",
-                "remediationRequestRef": {"name": "rr"}
-            }
-        }))
-        .expect("valid WorkflowExecution");
-        w.metadata.uid = Some(uid.to_string()).filter(|u| !u.is_empty());
-        w
+        wfe_api::testing::wfe(name)
+            .namespace(namespace)
+            .uid(Some(uid).filter(|u| !u.is_empty()))
+            .build()
     }
 
     fn meta_of(owner: Option<&WorkflowExecution>) -> ObjectMeta {

@@ -97,40 +97,41 @@ where
     owners(kind, stream)
 }
 
-/// The execution resources of a backend kept in memory by its watch: start the watch with
-/// [`ResourceCache::changes`] (from [`Executor::changes`](crate::Executor::changes)) and read with
-/// [`ResourceCache::owned`]. A watch started again (a new controller run) replaces the cache of
-/// the previous one, which is no longer fed.
+/// The execution resources of a backend kept in memory by its watch, built with its store at
+/// construction: [`ResourceCache::new`] makes the store and the (lazy) watch that fills it;
+/// the controller takes the watch once with [`ResourceCache::changes`] (from
+/// [`Executor::changes`](crate::Executor::changes)) and polls it, and [`ResourceCache::owned`]
+/// reads the store without a lock. Until the watch runs, the store is empty and every read is a
+/// miss (the caller asks the API server).
+///
+/// kube-runtime's shared reflectors (`store_shared`, `subscribe`) are for several consumers of
+/// one watch; here the watch has one consumer (the controller's trigger) and one reader (the
+/// backend), so a plain reflector store fits.
 pub struct ResourceCache<K: Resource<DynamicType = ()> + Clone + 'static> {
-    store: Arc<Mutex<Option<Store<K>>>>,
+    store: Store<K>,
+    watch: Arc<Mutex<Option<Changes>>>,
 }
 
 impl<K: Resource<DynamicType = ()> + Clone + 'static> Clone for ResourceCache<K> {
     fn clone(&self) -> Self {
         ResourceCache {
             store: self.store.clone(),
-        }
-    }
-}
-
-impl<K: Resource<DynamicType = ()> + Clone + 'static> Default for ResourceCache<K> {
-    fn default() -> Self {
-        ResourceCache {
-            store: Arc::default(),
+            watch: self.watch.clone(),
         }
     }
 }
 
 impl<K: Resource<DynamicType = ()> + Clone + 'static> std::fmt::Debug for ResourceCache<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let running = self
-            .store
+        let taken = self
+            .watch
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .is_some();
+            .is_none();
         f.debug_struct("ResourceCache")
             .field("kind", &K::kind(&()))
-            .field("watching", &running)
+            .field("objects", &self.store.len())
+            .field("watch_taken", &taken)
             .finish()
     }
 }
@@ -139,11 +140,24 @@ impl<K> ResourceCache<K>
 where
     K: Watched,
 {
-    /// Starts the watch of `api` that feeds this cache ([`cached_changes`]).
-    pub fn changes(&self, api: Api<K>) -> Changes {
+    /// The store of the objects of `api` and the watch that fills it ([`cached_changes`]);
+    /// nothing is requested until the watch is polled.
+    pub fn new(api: Api<K>) -> Self {
         let (store, writer) = reflector::store::<K>();
-        *self.store.lock().unwrap_or_else(|e| e.into_inner()) = Some(store);
-        cached_changes(api, writer)
+        ResourceCache {
+            store,
+            watch: Arc::new(Mutex::new(Some(cached_changes(api, writer)))),
+        }
+    }
+
+    /// The watch that fills this cache; `None` once taken (there is one watch per cache).
+    pub fn changes(&self) -> Option<Changes> {
+        self.watch.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Every cached resource.
+    pub fn objects(&self) -> Vec<Arc<K>> {
+        self.store.state()
     }
 
     /// The cached resource `namespace/name` if it belongs to `wfe`. `None` says nothing for
@@ -151,12 +165,7 @@ where
     /// resource of another owner, so a caller confirms with a read from the API server before it
     /// reports the resource gone.
     pub fn owned(&self, namespace: &str, name: &str, wfe: &WorkflowExecution) -> Option<Arc<K>> {
-        let store = self
-            .store
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()?;
-        store
+        self.store
             .get(&reflector::ObjectRef::new(name).within(namespace))
             .filter(|o| is_owned_by(o.meta(), wfe))
     }

@@ -110,17 +110,10 @@ impl ExecutionResource for Probe {
 /// In memory, outside the execution namespace (no ownerReference; its owner counts as settled,
 /// since it does not exist in the cluster).
 fn wfe(name: &str) -> WorkflowExecution {
-    serde_json::from_value(json!({
-        "apiVersion": "kubernaut.ai/v1alpha1", "kind": "WorkflowExecution",
-        "metadata": {"name": name, "namespace": "requests", "uid": format!("uid-{name}")},
-        "spec": {
-            "workflowRef": {"workflowId": "wf", "version": "1",
-                            "containerImage": "registry.example.com/wf:v1"},
-            "targetResource": "production/Deployment/protocol",
-            "remediationRequestRef": {"name": "rr"}
-        }
-    }))
-    .unwrap()
+    wfe_api::testing::wfe(name)
+        .namespace("requests")
+        .target("production/Deployment/protocol")
+        .build()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,14 +3,20 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::{
+    api::{
+        batch::v1::Job,
+        core::v1::{ResourceQuota, ResourceQuotaSpec, ServiceAccount},
+    },
+    apimachinery::pkg::api::resource::Quantity,
+};
 use kube::{
     Api, Client, ResourceExt,
     api::{ObjectMeta, PostParams},
 };
 use serde_json::json;
 use wfe_api::{FailureReason, WorkflowExecution};
-use wfe_executor::{CreateOutcome, DeleteOutcome, Executor, Observation};
+use wfe_executor::{CreateOutcome, DeleteOutcome, Executor, Observation, conformance as suite};
 use wfe_job::{JobConfig, JobExecutor};
 
 const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -111,40 +117,71 @@ fn failure(o: Observation) -> wfe_executor::Failure {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conformance() {
-    let e = env("job-conformance").await;
-    let first = e
-        .wfe(
-            "conformance-first",
-            "x/Deployment/x",
-            &[("KWOK_RESULT", "hold")],
-            None,
-        )
-        .await;
-    let second = e
-        .wfe("conformance-second", "x/Deployment/x", &[], None)
-        .await;
-    let (first_uid, second_uid) = (first.uid(), second.uid());
-    let ns = e.ns.clone();
-    wfe_executor::conformance::run(&e.exec, |name, target| {
-        let mut w = if name == "conformance-first" {
-            first.clone()
-        } else {
-            second.clone()
-        };
-        w.spec.target_resource = target.to_string();
-        w.metadata.uid = if name == "conformance-first" {
-            first_uid.clone()
-        } else {
-            second_uid.clone()
-        };
-        w.metadata.namespace = Some(ns.clone());
-        w
-    })
-    .await
-    .unwrap();
+/// The Job backend as the conformance suite sees it: the real Job controller runs, kwok plays
+/// the kubelet and the pod's `KWOK_RESULT` decides the outcome.
+#[derive(Debug)]
+struct JobSubject {
+    executor: JobExecutor,
+    env: suite::Env,
 }
+
+#[async_trait::async_trait]
+impl suite::Subject for JobSubject {
+    type Executor = JobExecutor;
+
+    async fn setup(rule: suite::Rule) -> Self {
+        let e = env(&format!("job-{}", rule.name())).await;
+        if rule == suite::Rule::InitialSummary {
+            // No pods: the Job stays as it was created while the suite observes it.
+            let quota = ResourceQuota {
+                metadata: ObjectMeta {
+                    name: Some("no-pods".into()),
+                    ..Default::default()
+                },
+                spec: Some(ResourceQuotaSpec {
+                    hard: Some([("pods".to_string(), Quantity("0".into()))].into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            Api::<ResourceQuota>::namespaced(e.client.clone(), &e.ns)
+                .create(&PostParams::default(), &quota)
+                .await
+                .unwrap();
+        }
+        let requests = wfe_testing::namespace(&e.client, "job-requests").await;
+        JobSubject {
+            env: suite::Env::of::<Job>(e.client, e.ns, requests),
+            executor: e.exec,
+        }
+    }
+
+    fn executor(&self) -> &JobExecutor {
+        &self.executor
+    }
+
+    fn env(&self) -> &suite::Env {
+        &self.env
+    }
+
+    fn spec(&self, target: &str, plan: suite::Plan) -> serde_json::Value {
+        // Pods of Jobs succeed unless KWOK_RESULT says otherwise.
+        let parameters = match plan {
+            suite::Plan::Hold => json!({"KWOK_RESULT": "hold"}),
+            suite::Plan::Succeed => json!({}),
+            suite::Plan::Fail => json!({"KWOK_RESULT": "fail"}),
+        };
+        json!({
+            "executionEngine": "job",
+            "workflowRef": {"workflowId": "wf", "version": "1", "containerImage": format!("registry.example.com/wf@{DIGEST}")},
+            "targetResource": target,
+            "parameters": parameters,
+            "remediationRequestRef": {"name": "rr"}
+        })
+    }
+}
+
+wfe_executor::conformance_tests!(JobSubject);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accepted_and_succeeds() {
@@ -305,10 +342,8 @@ async fn delete_of_a_foreign_job_is_refused_and_stale_jobs_are_replaced() {
 async fn observations_while_the_watch_runs() {
     use futures::StreamExt;
     let e = env("job-cache").await;
-    let mut changes = e
-        .exec
-        .changes(e.client.clone(), &e.ns)
-        .expect("the Job backend watches Jobs");
+    let mut changes = e.exec.changes().expect("the Job backend watches Jobs");
+    assert!(e.exec.changes().is_none(), "one watch per backend");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let pump = tokio::spawn(async move {
         while let Some(owner) = changes.next().await {

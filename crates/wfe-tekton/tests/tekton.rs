@@ -4,16 +4,16 @@
 //!
 //! Every test uses its own execution namespace, so tests never see each other's PipelineRuns.
 
-use std::{collections::HashMap, time::Duration};
+use std::time::Duration;
 
 use kube::{
     Api, Client, ResourceExt,
     api::{Patch, PatchParams, PostParams},
 };
-use wfe_api::{ExecutionEngine, FailureReason, WorkflowExecution};
+use wfe_api::{ExecutionEngine, ExecutionRef, FailureReason, WorkflowExecution};
 use wfe_executor::{
-    Availability, CreateOutcome, DeleteOutcome, Executor, Observation, execution_name_for,
-    is_owned_by, owner_of,
+    Availability, CreateOutcome, DeleteOutcome, Executor, Observation, conformance as suite,
+    execution_name_for, is_owned_by, owner_of,
 };
 use wfe_tekton::{
     PipelineRun, RESOURCE_KIND, TaskRun, TektonConfig, TektonExecutor, UNKNOWN_OWNER,
@@ -230,29 +230,54 @@ async fn owner_reference_in_the_execution_namespace() {
     assert_eq!(refs[0].controller, Some(true));
 }
 
-#[tokio::test]
-async fn conformance() {
-    let env = env().await;
-    let target = format!("conformance/Deployment/app-{}", std::process::id());
-    let mut created = HashMap::new();
-    for name in ["conformance-first", "conformance-second"] {
-        created.insert(
-            name,
-            create_wfe(&env.client, &env.wfe_ns, name, &target).await,
+/// The Tekton backend as the conformance suite sees it: no Tekton controller serves the test's
+/// execution namespace, so the subject writes what Tekton would into the PipelineRun's status.
+struct TektonSubject {
+    env: Env,
+    suite: suite::Env,
+}
+
+#[async_trait::async_trait]
+impl suite::Subject for TektonSubject {
+    type Executor = TektonExecutor;
+
+    async fn setup(_rule: suite::Rule) -> Self {
+        let env = env().await;
+        let suite = suite::Env::of::<PipelineRun>(
+            env.client.clone(),
+            env.exec_ns.clone(),
+            env.wfe_ns.clone(),
         );
+        TektonSubject { env, suite }
     }
-    let make = |name: &str, t: &str| {
-        let wfe = created
-            .get(name)
-            .unwrap_or_else(|| panic!("the suite asked for an unexpected WorkflowExecution {name}"))
-            .clone();
-        assert_eq!(wfe.spec.target_resource, t, "the suite's target");
-        wfe
-    };
-    if let Err(e) = wfe_executor::conformance::run(&env.executor, make).await {
-        panic!("conformance: {e}");
+
+    fn executor(&self) -> &TektonExecutor {
+        &self.env.executor
+    }
+
+    fn env(&self) -> &suite::Env {
+        &self.suite
+    }
+
+    fn spec(&self, target: &str, _plan: suite::Plan) -> serde_json::Value {
+        spec_json(target)
+    }
+
+    async fn drive(&self, _wfe: &WorkflowExecution, reference: &ExecutionRef, plan: suite::Plan) {
+        let status = match plan {
+            suite::Plan::Hold => return,
+            suite::Plan::Succeed => succeeded_status(),
+            suite::Plan::Fail => serde_json::json!({
+                "startTime": "2026-01-01T00:00:00Z",
+                "conditions": [{"type": "Succeeded", "status": "False", "reason": "TaskRunFailed",
+                                "message": "task failed with exit code 1"}]
+            }),
+        };
+        self.env.patch_pr_status(&reference.name, status).await;
     }
 }
+
+wfe_executor::conformance_tests!(TektonSubject);
 
 #[tokio::test]
 async fn status_subresource_mapping() {
@@ -660,7 +685,7 @@ async fn observations_while_the_watch_runs() {
     let env = env().await;
     let mut changes = env
         .executor
-        .changes(env.client.clone(), &env.exec_ns)
+        .changes()
         .expect("the Tekton backend watches PipelineRuns");
     let wfe = create_wfe(&env.client, &env.wfe_ns, "cached", "prod/Deployment/cached").await;
     let name = env.create_expecting_created(&wfe).await;

@@ -8,12 +8,15 @@
 //!   fails the test with the command's output: tests never skip silently.
 //! * [`namespace`] makes a fresh namespace per test, [`ensure_namespace`] a fixed one.
 //! * [`wait_for`] polls a condition every 100 ms.
+//! * [`audit::AuditReceiver`] receives the operator's audit events (tests and the benchmark).
 //!
 //! With `--nodes` the cluster runs the Job controller, the garbage collector, the
 //! scheduler and kwok with one fake node (`kwok-node-0`): Job pods "run" and succeed after
 //! 500 ms, or fail / hold as the kwok knobs below say (see xtask/controlplane/kwok-stages.yaml).
 //! It also runs the real Tekton controller, serving [`tekton::NAMESPACE`] only, its bundles
 //! resolver and an OCI registry holding the workflow bundles of [`tekton::bundle`].
+
+pub mod audit;
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};

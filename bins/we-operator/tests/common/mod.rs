@@ -6,11 +6,9 @@
 use std::{
     path::{Path, PathBuf},
     process::Stdio,
-    sync::{Arc, Mutex},
     time::Duration,
 };
 
-use axum::{Json, Router, extract::State, http::StatusCode, routing::post};
 use k8s_openapi::api::{
     authentication::v1::{TokenRequest, TokenRequestSpec},
     core::v1::ServiceAccount,
@@ -67,50 +65,23 @@ pub async fn apply_file(client: &Client, discovery: &Discovery, path: &Path) {
     }
 }
 
-#[derive(Clone, Default)]
-pub struct Audit {
-    pub events: Arc<Mutex<Vec<Value>>>,
-    /// While true the receiver answers 503 (an outage).
-    pub down: Arc<std::sync::atomic::AtomicBool>,
-}
+pub use wfe_testing::audit::AuditReceiver;
 
-pub async fn receive(State(a): State<Audit>, Json(batch): Json<Vec<Value>>) -> StatusCode {
-    if a.down.load(std::sync::atomic::Ordering::SeqCst) {
-        return StatusCode::SERVICE_UNAVAILABLE;
-    }
-    a.events.lock().unwrap().extend(batch);
-    StatusCode::CREATED
-}
-
-impl Audit {
-    pub async fn start() -> (Audit, String) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let a = Audit::default();
-        let app = Router::new()
-            .route("/api/v1/audit/events/batch", post(receive))
-            .with_state(a.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        (a, url)
-    }
-
-    pub fn types_for(&self, name: &str) -> Vec<(String, String)> {
-        self.events
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|e| e["resource_id"] == name)
-            .map(|e| {
-                (
-                    e["event_type"].as_str().unwrap().to_string(),
-                    e["event_data"]["execution_engine"]
-                        .as_str()
-                        .unwrap_or("")
-                        .to_string(),
-                )
-            })
-            .collect()
-    }
+/// The audit receiver's events of one WorkflowExecution: (event type, execution engine).
+pub fn types_and_engines(audit: &AuditReceiver, name: &str) -> Vec<(String, String)> {
+    audit
+        .for_resource(name)
+        .iter()
+        .map(|e| {
+            (
+                e["event_type"].as_str().unwrap_or_default().to_string(),
+                e["event_data"]["execution_engine"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            )
+        })
+        .collect()
 }
 
 /// A kubeconfig that authenticates as the operator's ServiceAccount (a TokenRequest token).

@@ -4,16 +4,8 @@
 
 #![allow(dead_code)]
 
-use std::{
-    collections::BTreeMap,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use axum::{Json, Router, extract::State, http::StatusCode, routing::post};
 use k8s_openapi::api::{
     batch::v1::Job,
     core::v1::{Secret, ServiceAccount},
@@ -25,7 +17,7 @@ use kube::{
     core::{ApiResource, DynamicObject, GroupVersionKind},
     runtime::events::Reporter,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 use wfe_api::{Phase, WorkflowExecution};
 use wfe_controller::{ControllerConfig, GuardConfig, Health, HttpSink, RunOptions};
 use wfe_executor::Registry;
@@ -35,53 +27,7 @@ use wfe_tekton::{TektonConfig, TektonExecutor};
 pub const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 pub const TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Captures audit batches; answers 503 while `down`.
-#[derive(Clone, Default)]
-pub struct AuditReceiver {
-    pub events: Arc<Mutex<Vec<Value>>>,
-    pub down: Arc<AtomicBool>,
-    pub url: String,
-}
-
-async fn receive(State(r): State<AuditReceiver>, Json(batch): Json<Vec<Value>>) -> StatusCode {
-    if r.down.load(Ordering::SeqCst) {
-        return StatusCode::SERVICE_UNAVAILABLE;
-    }
-    r.events.lock().unwrap().extend(batch);
-    StatusCode::CREATED
-}
-
-impl AuditReceiver {
-    pub async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let r = AuditReceiver {
-            url: format!("http://{}", listener.local_addr().unwrap()),
-            ..Default::default()
-        };
-        let app = Router::new()
-            .route("/api/v1/audit/events/batch", post(receive))
-            .with_state(r.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        r
-    }
-
-    pub fn for_resource(&self, name: &str) -> Vec<Value> {
-        self.events
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|e| e["resource_id"] == name)
-            .cloned()
-            .collect()
-    }
-
-    pub fn types_for(&self, name: &str) -> Vec<String> {
-        self.for_resource(name)
-            .iter()
-            .map(|e| e["event_type"].as_str().unwrap().to_string())
-            .collect()
-    }
-}
+pub use wfe_testing::audit::AuditReceiver;
 
 pub struct Harness {
     pub client: Client,
@@ -158,13 +104,12 @@ impl Harness {
                 exec_ns
             }
         };
-        let audit = AuditReceiver::start().await;
+        let audit = AuditReceiver::start().await.unwrap();
         let cfg = ControllerConfig {
             guards,
             running_resync: Duration::from_secs(30),
             concurrency: 8,
             watch_namespace: Some(ns.clone()),
-            execution_namespace: exec_ns.clone(),
             streaming_lists: true,
             policy,
         };
