@@ -226,6 +226,7 @@ const NON_DEFAULT: &[&str] = &[
     "log.format=text",
     "log.level=debug",
     "execution.cooldown=1m",
+    "execution.retention=0s",
     "audit.url=https://audit.example:8443",
     "metrics.service.port=9443",
     "networkPolicy.enabled=false",

@@ -70,6 +70,11 @@ struct RunArgs {
     /// Largest backoff delay.
     #[arg(long, env = "WFE_BACKOFF_MAX", default_value = "10m", value_parser = duration)]
     backoff_max: Duration,
+    /// Delete a finished WorkflowExecution this long after it finished, unless it still owes
+    /// audit events or a guard of its target still reads it (a block, a backoff, the cooldown);
+    /// `0s` keeps every WorkflowExecution.
+    #[arg(long, env = "WFE_RETENTION", default_value = "24h", value_parser = duration)]
+    retention: Duration,
     /// Consecutive pre-execution failures on a target before requests fail with ExhaustedRetries.
     #[arg(long, env = "WFE_MAX_CONSECUTIVE_FAILURES", default_value_t = 5)]
     max_consecutive_failures: u32,
@@ -341,6 +346,7 @@ async fn run(args: RunArgs) -> Result<()> {
             watch_namespace: watch_scope(args.watch_namespace.as_deref(), &own_namespace(&client)),
             streaming_lists: args.streaming_lists,
             policy,
+            retention: (!args.retention.is_zero()).then_some(args.retention),
         },
         audit,
         reporter: Reporter {

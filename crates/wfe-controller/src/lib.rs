@@ -194,6 +194,18 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()> + Send + S
         }
     });
 
+    // Retention: settled WorkflowExecutions are deleted once nothing needs them.
+    let sweeper = cfg.retention.map(|ttl| {
+        let ctx = ctx.clone();
+        let every = reconcile::sweep::sweep_interval(ttl);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                ctx.sweep_retention().await;
+            }
+        })
+    });
+
     Controller::for_stream(wfe_stream, reader)
         .with_config(ControllerRunConfig::default().concurrency(cfg.concurrency))
         .reconcile_on(stream::select_all(triggers))
@@ -205,4 +217,7 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()> + Send + S
             }
         })
         .await;
+    if let Some(sweeper) = sweeper {
+        sweeper.abort();
+    }
 }

@@ -36,6 +36,10 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 /// Registers descriptions (call once after installing a recorder).
 pub fn describe() {
     describe_counter!(
+        RETENTION_DELETED,
+        "Finished WorkflowExecutions deleted after the retention time"
+    );
+    describe_counter!(
         RECONCILER_TOTAL,
         "WorkflowExecutions that reached a terminal phase, by execution engine and outcome"
     );
@@ -109,4 +113,12 @@ pub fn audit(result: &'static str, count: usize) {
 /// A lock release; `how`: `deleted`, `gone` (already) or `replaced` (by the next execution).
 pub fn lock_released(engine: &str, how: &'static str) {
     counter!(LOCK_RELEASED, "execution_engine" => engine.to_string(), "how" => how).increment(1);
+}
+
+/// Finished WorkflowExecutions deleted by retention.
+pub const RETENTION_DELETED: &str = "workflowexecution_retention_deleted_total";
+
+/// Counts one WorkflowExecution deleted by retention.
+pub fn retention_deleted() {
+    counter!(RETENTION_DELETED).increment(1);
 }

@@ -23,6 +23,9 @@ pub struct ControllerConfig {
     pub streaming_lists: bool,
     /// What a WorkflowExecution may ask for (crate::policy); the default restricts nothing.
     pub policy: crate::policy::WorkflowPolicy,
+    /// Delete finished WorkflowExecutions this long after they finished, unless something still
+    /// needs them (crate::retention); `None` keeps them.
+    pub retention: Option<Duration>,
 }
 
 impl Default for ControllerConfig {
@@ -34,6 +37,7 @@ impl Default for ControllerConfig {
             watch_namespace: None,
             streaming_lists: true,
             policy: crate::policy::WorkflowPolicy::default(),
+            retention: None,
         }
     }
 }

@@ -35,7 +35,8 @@ struct IndexInner {
 #[derive(Debug, Default)]
 struct OnTarget {
     live: Vec<(ObjectRef<WorkflowExecution>, u64)>,
-    settled: Vec<(Prior, u64)>,
+    /// Guard summary, UID (for retention's delete precondition), epoch.
+    settled: Vec<(Prior, String, u64)>,
 }
 
 impl TargetIndex {
@@ -51,10 +52,11 @@ impl TargetIndex {
         let epoch = inner.epoch;
         let on = inner.map.entry(wfe.target_key()).or_default();
         on.live.retain(|(x, _)| *x != r);
-        on.settled.retain(|(p, _)| p.id != id);
+        on.settled.retain(|(p, _, _)| p.id != id);
         let settled = crate::cache::settled(wfe);
         if settled {
-            on.settled.push((Prior::of(wfe), epoch));
+            on.settled
+                .push((Prior::of(wfe), wfe.uid().unwrap_or_default(), epoch));
             on.settled.shrink_to_fit();
         } else {
             on.live.push((r, epoch));
@@ -69,7 +71,7 @@ impl TargetIndex {
         let mut inner = self.inner();
         if let Some(on) = inner.map.get_mut(&key) {
             on.live.retain(|(x, _)| *x != r);
-            on.settled.retain(|(p, _)| p.id != id);
+            on.settled.retain(|(p, _, _)| p.id != id);
             if on.live.is_empty() && on.settled.is_empty() {
                 inner.map.remove(&key);
             }
@@ -87,7 +89,7 @@ impl TargetIndex {
         let epoch = inner.epoch;
         inner.map.retain(|_, on| {
             on.live.retain(|(_, e)| *e == epoch);
-            on.settled.retain(|(_, e)| *e == epoch);
+            on.settled.retain(|(_, _, e)| *e == epoch);
             !(on.live.is_empty() && on.settled.is_empty())
         });
     }
@@ -106,7 +108,7 @@ impl TargetIndex {
                 return Vec::new();
             };
             let live: Vec<_> = on.live.iter().filter_map(|(r, _)| store.get(r)).collect();
-            let settled: Vec<Prior> = on.settled.iter().map(|(p, _)| p.clone()).collect();
+            let settled: Vec<Prior> = on.settled.iter().map(|(p, _, _)| p.clone()).collect();
             (live, settled)
         };
         priors.extend(live.into_iter().map(|o| Prior::of(&fresh(o))));
@@ -125,6 +127,23 @@ impl TargetIndex {
             .get(key)
             .map(|on| on.live.iter().filter_map(|(r, _)| store.get(r)).collect())
             .unwrap_or_default()
+    }
+
+    /// The settled WorkflowExecutions, with their UIDs, by target (for retention).
+    pub fn settled(&self) -> Vec<(TargetKey, Vec<(Prior, String)>)> {
+        self.inner()
+            .map
+            .iter()
+            .filter(|(_, on)| !on.settled.is_empty())
+            .map(|(key, on)| {
+                let settled = on
+                    .settled
+                    .iter()
+                    .map(|(p, uid, _)| (p.clone(), uid.clone()))
+                    .collect();
+                (key.clone(), settled)
+            })
+            .collect()
     }
 
     /// Number of WorkflowExecutions indexed (cached and settled).

@@ -28,6 +28,7 @@ pub mod memory;
 mod pending;
 mod running;
 mod status;
+pub mod sweep;
 mod terminal;
 
 use std::{

@@ -55,6 +55,18 @@ impl Harness {
         Self::start_in(prefix, guards, None, Default::default()).await
     }
 
+    /// Like [`Harness::start`], with a retention time for finished WorkflowExecutions.
+    pub async fn start_with_retention(
+        prefix: &str,
+        guards: GuardConfig,
+        retention: Duration,
+    ) -> Harness {
+        let mut h = Self::start_in_stopped(prefix, guards, None, Default::default()).await;
+        h.cfg.retention = Some(retention);
+        h.start_controller();
+        h
+    }
+
     /// Like [`Harness::start`], with a workflow policy.
     pub async fn start_with_policy(
         prefix: &str,
@@ -77,6 +89,17 @@ impl Harness {
     }
 
     async fn start_in(
+        prefix: &str,
+        guards: GuardConfig,
+        exec_ns: Option<&str>,
+        policy: wfe_controller::policy::WorkflowPolicy,
+    ) -> Harness {
+        let mut h = Self::start_in_stopped(prefix, guards, exec_ns, policy).await;
+        h.start_controller();
+        h
+    }
+
+    async fn start_in_stopped(
         prefix: &str,
         guards: GuardConfig,
         exec_ns: Option<&str>,
@@ -112,8 +135,9 @@ impl Harness {
             watch_namespace: Some(ns.clone()),
             streaming_lists: true,
             policy,
+            retention: None,
         };
-        let mut h = Harness {
+        Harness {
             client,
             ns,
             exec_ns,
@@ -121,9 +145,7 @@ impl Harness {
             cfg,
             stop: None,
             task: None,
-        };
-        h.start_controller();
-        h
+        }
     }
 
     pub fn start_controller(&mut self) {
