@@ -119,6 +119,13 @@ async fn least_privilege(kubeconfig: &Path) {
             Some("production"),
         ),
         ("watch", "kubernaut.ai", "workflowexecutions", None),
+        // Retention deletes finished WorkflowExecutions (docs/operations.md, "Retention").
+        (
+            "delete",
+            "kubernaut.ai",
+            "workflowexecutions",
+            Some(SYSTEM_NS),
+        ),
         ("create", "events.k8s.io", "events", Some(SYSTEM_NS)),
         ("update", "coordination.k8s.io", "leases", Some(SYSTEM_NS)),
     ];
@@ -137,12 +144,6 @@ async fn least_privilege(kubeconfig: &Path) {
         ("create", "tekton.dev", "pipelineruns", Some("default")),
         (
             "create",
-            "kubernaut.ai",
-            "workflowexecutions",
-            Some(SYSTEM_NS),
-        ),
-        (
-            "delete",
             "kubernaut.ai",
             "workflowexecutions",
             Some(SYSTEM_NS),
