@@ -409,7 +409,13 @@ fn check(root: &Path) -> Result<()> {
     // Nothing of the release is left but what it keeps on purpose (the CRD, the execution
     // namespace), and nothing waits on a finalizer.
     let selector = format!("app.kubernetes.io/instance={release}");
-    let left = kubectl(
+    // Each query must print nothing.
+    let none_of = |args: &[&str], what: &str| -> Result<()> {
+        let out = kubectl(args, None)?;
+        ensure!(out.trim().is_empty(), "{what}: {}", out.trim());
+        Ok(())
+    };
+    none_of(
         &[
             "get",
             "deployments,services,serviceaccounts,roles,rolebindings,poddisruptionbudgets,networkpolicies,\
@@ -421,13 +427,9 @@ fn check(root: &Path) -> Result<()> {
             "-o",
             "name",
         ],
-        None,
+        "helm uninstall left objects behind",
     )?;
-    ensure!(
-        left.trim().is_empty(),
-        "helm uninstall left objects behind:\n{left}"
-    );
-    let crd = kubectl(
+    none_of(
         &[
             "get",
             "crd",
@@ -435,13 +437,9 @@ fn check(root: &Path) -> Result<()> {
             "-o",
             "jsonpath={.metadata.deletionTimestamp}",
         ],
-        None,
+        "the CRD is being deleted after uninstall",
     )?;
-    ensure!(
-        crd.trim().is_empty(),
-        "the CRD is being deleted after uninstall"
-    );
-    let stuck = kubectl(
+    none_of(
         &[
             "get",
             "workflowexecutions",
@@ -449,12 +447,8 @@ fn check(root: &Path) -> Result<()> {
             "-o",
             "jsonpath={range .items[?(@.metadata.deletionTimestamp)]}{.metadata.namespace}/{.metadata.name} {end}",
         ],
-        None,
+        "WorkflowExecutions stuck in deletion after uninstall",
     )?;
-    ensure!(
-        stuck.trim().is_empty(),
-        "WorkflowExecutions stuck in deletion after uninstall: {stuck}"
-    );
     kubectl(
         &[
             "delete",
