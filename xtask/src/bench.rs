@@ -33,6 +33,102 @@ pub struct Args {
     /// etcd and a fresh API server make runs comparable).
     #[arg(long)]
     reuse_cluster: bool,
+    /// Also measure the reference Go controller, built from its source tree at SRC_DIR (a clone of
+    /// github.com/jordigilh/kubernaut, pinned at the commit in docs/benchmarks.md): the same
+    /// workloads on a fresh control plane of the same shape, then the side-by-side table and
+    /// pictures in docs/benchmarks.md.
+    #[arg(long, value_name = "SRC_DIR")]
+    reference: Option<std::path::PathBuf>,
+}
+
+/// The reference commit the published side-by-side figures were measured against (issue #20).
+pub const REFERENCE_COMMIT: &str = "d5a4a870967312d98dbc302ac2ae3505087bfcb0";
+
+/// The commit of a reference source tree: `git rev-parse HEAD`, or the `.reference-commit` file of
+/// an exported tree.
+fn reference_commit(src: &Path) -> String {
+    let git = Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(src)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    git.or_else(|| {
+        std::fs::read_to_string(src.join(".reference-commit"))
+            .ok()
+            .map(|s| s.trim().to_string())
+    })
+    .unwrap_or_else(|| "unknown (neither a git checkout nor a .reference-commit file)".into())
+}
+
+/// Builds the reference's `cmd/workflowexecution` into `out` (about 9 minutes cold on 2 cores, its
+/// modules from the Go module proxy; seconds when Go's caches are warm).
+fn build_reference(src: &Path, out: &Path) -> Result<()> {
+    if !src.join("cmd/workflowexecution").is_dir() {
+        bail!(
+            "{} has no cmd/workflowexecution: not a source tree of github.com/jordigilh/kubernaut",
+            src.display()
+        );
+    }
+    println!(
+        "\n==> building the reference: go build ./cmd/workflowexecution in {}",
+        src.display()
+    );
+    let status = Command::new("go")
+        .args(["build", "-trimpath", "-ldflags=-s -w", "-o"])
+        .arg(out)
+        .arg("./cmd/workflowexecution")
+        .current_dir(src)
+        .env("GOWORK", "off")
+        .status()
+        .context("cannot run go")?;
+    if !status.success() {
+        bail!("building the reference failed ({status})");
+    }
+    Ok(())
+}
+
+/// Runs the driver once and waits for it, bounded by [`LIMIT`].
+fn drive(root: &Path, extra: &[std::ffi::OsString], note: &str) -> Result<Duration> {
+    let mut cmd = Command::new(root.join("target/release/wfe-bench"));
+    cmd.arg("--operator")
+        .arg(root.join("target/release/we-operator"))
+        .arg("--kubeconfig")
+        .arg(root.join(cluster::KUBECONFIG))
+        .arg("--repo")
+        .arg(root)
+        .args(extra)
+        .arg("--cluster")
+        .arg(note);
+    println!(
+        "\n==> the benchmark (bounded to {} min)",
+        LIMIT.as_secs() / 60
+    );
+    let mut child = cmd
+        .current_dir(root)
+        .spawn()
+        .context("cannot start target/release/wfe-bench")?;
+    let bench_start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if bench_start.elapsed() > LIMIT {
+            // The driver kills its operator child on the way out (kill_on_drop).
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "the benchmark did not finish within {} min and was stopped",
+                LIMIT.as_secs() / 60
+            );
+        }
+        thread::sleep(Duration::from_millis(200));
+    };
+    if !status.success() {
+        bail!("the benchmark failed ({status}); operator logs: target/bench/**/we-operator-*.log");
+    }
+    Ok(bench_start.elapsed())
 }
 
 /// Node components recorded in the cluster state (whatever their health).
@@ -98,22 +194,33 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
         bail!("the release build failed ({status})");
     }
 
+    let reference = match &args.reference {
+        Some(src) => {
+            let src = src
+                .canonicalize()
+                .with_context(|| format!("the reference source tree {}", src.display()))?;
+            let commit = reference_commit(&src);
+            if commit != REFERENCE_COMMIT {
+                println!(
+                    "warning: the reference tree is at {commit}, not at {REFERENCE_COMMIT} (the commit of the published figures)"
+                );
+            }
+            let binary = root.join("target/bench/reference/workflowexecution");
+            std::fs::create_dir_all(root.join("target/bench/reference"))?;
+            build_reference(&src, &binary)?;
+            Some((src, commit, binary))
+        }
+        None => None,
+    };
+
     let out = root.join("target/bench/results.json");
     let docs = root.join("docs/benchmarks.md");
-    let mut cmd = Command::new(root.join("target/release/wfe-bench"));
-    cmd.arg("--operator")
-        .arg(root.join("target/release/we-operator"))
-        .arg("--kubeconfig")
-        .arg(root.join(cluster::KUBECONFIG))
-        .arg("--repo")
-        .arg(root)
-        .arg("--out")
-        .arg(&out);
+    let mut extra: Vec<std::ffi::OsString> = vec!["--out".into(), out.clone().into()];
     if !args.no_docs {
-        cmd.arg("--docs").arg(&docs);
+        extra.extend(["--docs".into(), docs.clone().into()]);
     }
     if args.quick {
-        cmd.arg("--quick");
+        extra.push("--quick".into());
     }
     let note = if !nodes.is_empty() {
         format!(
@@ -125,33 +232,55 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
     } else {
         "etcd + kube-apiserver only, started fresh for the run".to_string()
     };
-    cmd.arg("--cluster").arg(note);
-    println!(
-        "\n==> the benchmark (bounded to {} min)",
-        LIMIT.as_secs() / 60
-    );
-    let mut child = cmd
-        .current_dir(root)
-        .spawn()
-        .context("cannot start target/release/wfe-bench")?;
-    let bench_start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
+    let mut driver_time = drive(root, &extra, &note)?;
+
+    if let Some((src, commit, binary)) = &reference {
+        println!("\n==> a fresh local cluster of the same shape for the reference");
+        cluster::run(ClusterCmd::Down, root)?;
+        cluster::run(ClusterCmd::Up { nodes: false }, root)?;
+        let ref_out = root.join("target/bench/reference/results.json");
+        let mut extra: Vec<std::ffi::OsString> = vec![
+            "--out".into(),
+            ref_out.clone().into(),
+            "--reference-binary".into(),
+            binary.clone().into(),
+            "--reference-crd".into(),
+            src.join("config/crd/bases/kubernaut.ai_workflowexecutions.yaml")
+                .into(),
+            "--reference-commit".into(),
+            commit.into(),
+        ];
+        if args.quick {
+            extra.push("--quick".into());
         }
-        if bench_start.elapsed() > LIMIT {
-            // The driver kills its operator child on the way out (kill_on_drop).
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!(
-                "the benchmark did not finish within {} min and was stopped",
-                LIMIT.as_secs() / 60
-            );
+        driver_time += drive(
+            root,
+            &extra,
+            "etcd + kube-apiserver only, started fresh for the reference, its CRD in place of ours",
+        )?;
+        println!("\n==> side by side");
+        let mut cmp = Command::new(root.join("target/release/wfe-bench"));
+        cmp.arg("--operator")
+            .arg(root.join("target/release/we-operator"))
+            .arg("--kubeconfig")
+            .arg(root.join(cluster::KUBECONFIG))
+            .arg("--repo")
+            .arg(root)
+            .arg("--out")
+            .arg(root.join("target/bench/side-by-side.json"))
+            .arg("--compare")
+            .arg(&out)
+            .arg(&ref_out);
+        if !args.no_docs {
+            cmp.arg("--docs").arg(&docs);
         }
-        thread::sleep(Duration::from_millis(200));
-    };
-    if !status.success() {
-        bail!("the benchmark failed ({status}); operator logs: target/bench/we-operator-*.log");
+        let status = cmp.current_dir(root).status()?;
+        if !status.success() {
+            bail!("comparing the two runs failed ({status})");
+        }
+        // Leave a cluster with our own CRD behind, as without --reference.
+        cluster::run(ClusterCmd::Down, root)?;
+        cluster::run(ClusterCmd::Up { nodes: false }, root)?;
     }
     let appeared = node_components(root);
     if !appeared.is_empty() {
@@ -170,7 +299,7 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
             format!("; tables: {}", docs.display())
         },
         started.elapsed(),
-        bench_start.elapsed()
+        driver_time
     );
     println!(
         "The local cluster keeps running without nodes: `cargo xtask cluster down` stops it; \

@@ -14,11 +14,13 @@
 //! namespace. Results go to `--out` (JSON) and, with `--docs`, into the generated part of
 //! docs/benchmarks.md.
 
+mod compare;
 mod operator;
 mod probe;
 mod prom;
 mod report;
 mod setup;
+mod subject;
 mod tracker;
 mod workload;
 
@@ -79,6 +81,20 @@ struct Args {
     /// Run only these phases (for investigating one; --docs is then ignored).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Phase>,
+    /// Measure the reference Go controller instead of we-operator: its built
+    /// `cmd/workflowexecution` binary (see `cargo xtask bench --reference`).
+    #[arg(long, requires_all = ["reference_crd", "reference_commit"])]
+    reference_binary: Option<PathBuf>,
+    /// The reference's WorkflowExecution CRD (it replaces ours on this cluster).
+    #[arg(long)]
+    reference_crd: Option<PathBuf>,
+    /// The commit the reference was built from (recorded in the results).
+    #[arg(long)]
+    reference_commit: Option<String>,
+    /// Compare two results files (ours, then the reference's, each next to its samples-*.csv):
+    /// writes the side-by-side JSON to --out, the pictures next to --docs and the table into it.
+    #[arg(long, num_args = 2, value_names = ["OURS", "REFERENCE"])]
+    compare: Vec<PathBuf>,
     /// A note on how the cluster was prepared, for the report.
     #[arg(
         long,
@@ -187,6 +203,8 @@ struct Bench {
     peak_kib: u64,
     cluster: Vec<(String, u32)>,
     cpus: usize,
+    /// Whether every reference process had the token its audit client reads.
+    audit_token_mounted: bool,
 }
 
 /// Writes one line per execution: its instants in ms after the first create was sent.
@@ -335,6 +353,10 @@ fn summarize(
 }
 
 impl Bench {
+    fn subject(&self) -> &subject::Subject {
+        &self.launch.subject
+    }
+
     /// One workload on a fresh operator and a clean namespace.
     async fn run(
         &mut self,
@@ -345,13 +367,16 @@ impl Bench {
     ) -> Result<Workload> {
         eprintln!("==> {name}: {description}");
         workload::clean(&self.client).await?;
-        let tracker = Arc::new(Tracker::start(&self.client, prefix, HOLD).await?);
+        let tracker = Arc::new(Tracker::start(&self.client, prefix, HOLD, self.subject()).await?);
         let op = Operator::start(&self.launch, setup::BENCH_NS, prefix).await?;
+        self.audit_token_mounted &= op.audit_token_mounted;
         op.settle(Duration::from_millis(300), 0.01, Duration::from_secs(10))
             .await;
         if let Load::Steady { rate, .. } = load {
-            let warm = Arc::new(Tracker::start(&self.client, "warmup", HOLD).await?);
-            let n = workload::steady(&self.client, &warm, "warmup", rate, WARMUP).await;
+            let warm =
+                Arc::new(Tracker::start(&self.client, "warmup", HOLD, self.subject()).await?);
+            let n =
+                workload::steady(&self.client, self.subject(), &warm, "warmup", rate, WARMUP).await;
             warm.wait_finished(n, Duration::from_secs(60)).await;
             warm.finish();
         }
@@ -393,9 +418,19 @@ impl Bench {
         let (audit_before, again_before) = self.audit.counts();
         let snap_before = probe::snapshot(&self.client, &self.cluster, Some(op.pid())).await;
         match load {
-            Load::Burst(n) => workload::burst(&self.client, tracker, prefix, n).await,
+            Load::Burst(n) => {
+                workload::burst(&self.client, self.subject(), tracker, prefix, n).await
+            }
             Load::Steady { rate, duration } => {
-                workload::steady(&self.client, tracker, prefix, rate, duration).await;
+                workload::steady(
+                    &self.client,
+                    self.subject(),
+                    tracker,
+                    prefix,
+                    rate,
+                    duration,
+                )
+                .await;
             }
         }
         let limit = Duration::from_secs(120) + Duration::from_millis(300) * n as u32;
@@ -414,9 +449,10 @@ impl Bench {
         }
         let mut w = summarize(name, description, n, &observed, !finished);
         let nf = n.max(1) as f64;
+        let subject = self.subject();
         let calls = delta(
-            &operator::api_counts(&metrics_before),
-            &operator::api_counts(&metrics_after),
+            &subject.api_counts(&metrics_before),
+            &subject.api_counts(&metrics_after),
         );
         let (total, by_verb, by_request) = per_execution(&calls, n);
         w.operator_cpu_s = r3(cpu);
@@ -426,8 +462,8 @@ impl Bench {
         w.api_calls_per_execution_by_request = by_request;
         w.reconcile_errors_per_execution = per(
             &delta(
-                &operator::reconcile_errors(&metrics_before),
-                &operator::reconcile_errors(&metrics_after),
+                &subject.reconcile_errors(&metrics_before),
+                &subject.reconcile_errors(&metrics_after),
             ),
             nf,
         );
@@ -460,17 +496,19 @@ impl Bench {
         );
         eprintln!("==> {name}: creating {existing} finished WorkflowExecutions (operator stopped)");
         workload::clean(&self.client).await?;
-        let create = workload::create_finished(&self.client, "old", existing).await?;
+        let create =
+            workload::create_finished(&self.client, self.subject(), "old", existing).await?;
         eprintln!(
             "    created in {:.1} s; starting the operator",
             create.as_secs_f64()
         );
-        let tracker = Arc::new(Tracker::start(&self.client, "new", HOLD).await?);
+        let tracker = Arc::new(Tracker::start(&self.client, "new", HOLD, self.subject()).await?);
         let op = Operator::start(&self.launch, setup::BENCH_NS, "scale").await?;
+        self.audit_token_mounted &= op.audit_token_mounted;
         let settle = op
             .settle(Duration::from_secs(1), 0.02, Duration::from_secs(180))
             .await;
-        let startup_calls = op.api_counts().await?;
+        let startup_calls = self.subject().api_counts(&op.metrics().await?);
         let startup_cpu = op.cpu_seconds()?;
         let (rss_idle, _) = op.memory_kib()?;
         eprintln!(
@@ -495,7 +533,11 @@ impl Bench {
         eprintln!(
             "    modelling the cache of {existing} objects in fresh processes (as received, without managedFields, as the operator keeps them)"
         );
-        let model = probe::memory_model(&self.args).await?;
+        let model = match self.subject() {
+            subject::Subject::Ours => probe::memory_model(&self.args).await?,
+            // The model is of our own cache's types; it says nothing about the reference.
+            subject::Subject::Reference(_) => probe::MemoryModel::default(),
+        };
         eprintln!(
             "    {} objects: {} JSON bytes each ({} without managedFields); {} KiB resident each as received, {} KiB without managedFields, {} KiB as the operator keeps them ({} settled: guard summary only)",
             model.objects,
@@ -532,8 +574,17 @@ impl Bench {
 }
 
 /// Tries to obtain the reference controller's module through the Go module proxy.
-async fn reference() -> Reference {
+async fn reference(probe: bool) -> Reference {
     let mut attempts = Vec::new();
+    if !probe {
+        return Reference {
+            implementation: "this run measures the reference itself".into(),
+            buildable: true,
+            attempts,
+            documented_bounds: Vec::new(),
+            ratios: BTreeMap::new(),
+        };
+    }
     let dir = std::env::temp_dir().join(format!("wfe-bench-ref-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&dir);
     for args in [
@@ -633,36 +684,89 @@ async fn main() -> Result<()> {
         println!("{}", serde_json::to_string(&out)?);
         return Ok(());
     }
-    let reference = tokio::spawn(reference());
+    if !args.compare.is_empty() {
+        return compare::run(
+            &args.compare[0],
+            &args.compare[1],
+            &args.out,
+            args.docs.as_deref(),
+        );
+    }
+    let subject = match (
+        &args.reference_binary,
+        &args.reference_crd,
+        &args.reference_commit,
+    ) {
+        (Some(binary), Some(crd), Some(commit)) => {
+            subject::Subject::Reference(subject::Reference {
+                binary: binary.clone(),
+                crd: crd.clone(),
+                commit: commit.clone(),
+            })
+        }
+        _ => subject::Subject::Ours,
+    };
+    let reference = tokio::spawn(reference(matches!(subject, subject::Subject::Ours)));
     let client = setup::admin_client(&args.kubeconfig).await?;
+    if let subject::Subject::Reference(r) = &subject {
+        setup::install_crd(&client, &r.crd).await?;
+    }
     setup::prepare(&client, &args.repo).await?;
-    let kubeconfig = setup::operator_kubeconfig(&client, &args.kubeconfig, &out_dir).await?;
+    let kubeconfig = match &subject {
+        subject::Subject::Ours => {
+            setup::operator_kubeconfig(&client, &args.kubeconfig, &out_dir, "we-operator").await?
+        }
+        subject::Subject::Reference(_) => {
+            setup::reference_account(&client).await?;
+            let kc = setup::operator_kubeconfig(
+                &client,
+                &args.kubeconfig,
+                &out_dir,
+                setup::REFERENCE_ACCOUNT,
+            )
+            .await?;
+            setup::write_token(&kc, &out_dir.join("reference.token"))?;
+            kc
+        }
+    };
     let audit = AuditReceiver::start().await?;
     let audit_url = audit.url.clone();
     let launch = Launch {
-        binary: args.operator.clone(),
+        binary: args
+            .reference_binary
+            .clone()
+            .unwrap_or_else(|| args.operator.clone()),
         kubeconfig,
         audit_url,
         log_dir: out_dir.clone(),
         log_level: args.operator_log_level.clone(),
+        subject: subject.clone(),
     };
-    let operator_desc = format!(
-        "`{} {}` (release build, authenticated as the `we-operator` ServiceAccount with the RBAC of deploy/, concurrency 16 by default)",
-        args.operator
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        launch
-            .flags(setup::BENCH_NS)
-            .iter()
-            .map(|f| if f.starts_with("http://") {
-                "http://127.0.0.1:<port>".to_string()
-            } else {
-                f.clone()
-            })
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
+    let operator_desc = match &subject {
+        subject::Subject::Reference(r) => format!(
+            "the reference Go controller (`cmd/workflowexecution` of github.com/jordigilh/kubernaut at {}, built with `go build -trimpath -ldflags='-s -w'`), `--config` with execution.namespace {}, cooldownPeriod 1s, leader election off, datastorage.url the driver's receiver, KUBERNAUT_CONTROLLER_NAMESPACE={}; authenticated as a ServiceAccount bound to cluster-admin",
+            r.commit,
+            setup::EXEC_NS,
+            setup::BENCH_NS
+        ),
+        subject::Subject::Ours => format!(
+            "`{} {}` (release build, authenticated as the `we-operator` ServiceAccount with the RBAC of deploy/, concurrency 16 by default)",
+            args.operator
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            launch
+                .flags(setup::BENCH_NS)
+                .iter()
+                .map(|f| if f.starts_with("http://") {
+                    "http://127.0.0.1:<port>".to_string()
+                } else {
+                    f.clone()
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+    };
     let mut bench = Bench {
         args: std::env::args_os().skip(1).collect(),
         client: client.clone(),
@@ -671,6 +775,7 @@ async fn main() -> Result<()> {
         peak_kib: 0,
         cluster: probe::cluster_pids(&args.kubeconfig),
         cpus: report::Machine::read().logical_cpus,
+        audit_token_mounted: true,
     };
     let load_before = std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
@@ -733,6 +838,21 @@ async fn main() -> Result<()> {
     workload::clean(&client).await?;
 
     let reference = reference.await.context("reference check")?;
+    let reference_audit = match &subject {
+        subject::Subject::Ours => None,
+        subject::Subject::Reference(_) => {
+            let (acked, _) = bench.audit.counts();
+            Some(format!(
+                "{} audit events acknowledged by the driver's receiver over the run ({})",
+                acked.values().sum::<f64>(),
+                if bench.audit_token_mounted {
+                    "its audit client read a ServiceAccount token from the in-cluster path, mounted in a private mount namespace"
+                } else {
+                    "no private mount namespace here: its audit client had no token and its audit writes failed"
+                }
+            ))
+        }
+    };
     let goals = report::goals(&workloads, &scale);
     let results = Results {
         schema: 1,
@@ -746,6 +866,12 @@ async fn main() -> Result<()> {
         machine: report::Machine::read(),
         cluster: format!("Kubernetes v1.37.2 local control plane: {}", args.cluster),
         operator: operator_desc,
+        subject: subject.label().to_string(),
+        reference_commit: match &subject {
+            subject::Subject::Reference(r) => Some(r.commit.clone()),
+            subject::Subject::Ours => None,
+        },
+        reference_audit,
         method: vec![
             format!("each workload: a clean namespace `{}`, a fresh operator process watching only it, driver-side watches on Jobs and WorkflowExecutions", setup::BENCH_NS),
             "dispatch latency: the instant just before the create call is sent → the Job first seen by the driver's watch".into(),

@@ -11,7 +11,10 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::prom::{self, Counts};
+use crate::{
+    prom::{self, Counts},
+    subject::Subject,
+};
 
 /// The counter the operator's client layer maintains (bins/we-operator/src/apicount.rs).
 pub const API_REQUESTS: &str = "workflowexecution_kube_api_requests_total";
@@ -33,6 +36,8 @@ pub struct Launch {
     pub log_dir: PathBuf,
     /// The operator's --log-level.
     pub log_level: String,
+    /// Which controller runs.
+    pub subject: crate::subject::Subject,
 }
 
 impl Launch {
@@ -70,6 +75,9 @@ pub struct Operator {
     pub ready_after: Duration,
     /// The log file.
     pub log: PathBuf,
+    /// The reference ran in a private mount namespace holding the token its audit client reads
+    /// (false: its audit writes fail).
+    pub audit_token_mounted: bool,
 }
 
 fn free_port() -> Result<u16> {
@@ -85,19 +93,39 @@ impl Operator {
         std::fs::create_dir_all(&launch.log_dir)?;
         let log = launch.log_dir.join(format!("we-operator-{label}.log"));
         let log_file = std::fs::File::create(&log)?;
+        let log_out = log_file.try_clone()?;
         let spawned = Instant::now();
-        let child = tokio::process::Command::new(&launch.binary)
-            .args(launch.flags(watch_namespace))
-            .args([
-                "--health-address",
-                &format!("127.0.0.1:{hp}"),
-                "--metrics-address",
-                &format!("127.0.0.1:{mp}"),
-            ])
+        let mut audit_token_mounted = true;
+        let mut cmd = match &launch.subject {
+            Subject::Ours => {
+                let mut cmd = tokio::process::Command::new(&launch.binary);
+                cmd.args(launch.flags(watch_namespace)).args([
+                    "--health-address",
+                    &format!("127.0.0.1:{hp}"),
+                    "--metrics-address",
+                    &format!("127.0.0.1:{mp}"),
+                ]);
+                cmd.env("POD_NAME", "we-operator-bench");
+                cmd
+            }
+            Subject::Reference(r) => {
+                let config = launch.log_dir.join(format!("reference-{label}.yaml"));
+                std::fs::write(
+                    &config,
+                    crate::subject::reference_config(&launch.audit_url, mp, hp),
+                )?;
+                let token = launch.log_dir.join("reference.token");
+                let (mut cmd, mounted) =
+                    crate::subject::reference_command(&r.binary, &config, &token);
+                audit_token_mounted = mounted;
+                cmd.env("KUBERNAUT_CONTROLLER_NAMESPACE", watch_namespace);
+                cmd
+            }
+        };
+        let child = cmd
             .env("KUBECONFIG", &launch.kubeconfig)
-            .env("POD_NAME", "we-operator-bench")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(log_out)
             .stderr(log_file)
             .kill_on_drop(true)
             .spawn()
@@ -109,6 +137,7 @@ impl Operator {
             metrics: ([127, 0, 0, 1], mp).into(),
             ready_after: Duration::ZERO,
             log,
+            audit_token_mounted,
         };
         let health: SocketAddr = ([127, 0, 0, 1], hp).into();
         let deadline = spawned + Duration::from_secs(120);
@@ -156,11 +185,6 @@ impl Operator {
             bail!("/metrics answered {code}");
         }
         Ok(body)
-    }
-
-    /// API requests so far, by `verb resource`.
-    pub async fn api_counts(&self) -> Result<Counts> {
-        Ok(api_counts(&self.metrics().await?))
     }
 
     /// Waits until the operator has used less than `threshold` CPU seconds during one

@@ -3,11 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result, anyhow, bail};
 use k8s_openapi::{
     api::{
         authentication::v1::{TokenRequest, TokenRequestSpec},
         core::v1::{Namespace, ServiceAccount},
+        rbac::v1::ClusterRoleBinding,
     },
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
@@ -98,12 +99,107 @@ pub async fn prepare(client: &Client, repo: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The reference's ServiceAccount (in [`SYSTEM_NS`]).
+pub const REFERENCE_ACCOUNT: &str = "kubernaut-workflowexecution";
+
+/// Replaces the WorkflowExecution CRD with the one in `path` (the reference's: same name,
+/// different schema) and waits until it is established. Any WorkflowExecution goes with the old
+/// one.
+pub async fn install_crd(client: &Client, path: &Path) -> Result<()> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let wanted: CustomResourceDefinition = serde_yaml::from_str(&text)
+        .with_context(|| format!("{} is not a CustomResourceDefinition", path.display()))?;
+    let name = wanted.name_any();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    if let Some(old) = crds.get_opt(&name).await? {
+        if old.spec == wanted.spec {
+            return Ok(());
+        }
+        let _ = crds.delete(&name, &Default::default()).await;
+        while crds.get_opt(&name).await?.is_some() {
+            if std::time::Instant::now() > deadline {
+                bail!("the old {name} CRD was not deleted within 120 s");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+    crds.create(&PostParams::default(), &wanted)
+        .await
+        .with_context(|| format!("creating the CRD of {}", path.display()))?;
+    loop {
+        let crd = crds.get(&name).await?;
+        let established = crd
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True");
+        if established {
+            // Discovery and the API server's handlers catch up a moment later.
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "the CRD of {} was not established within 120 s",
+                path.display()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// A ServiceAccount for the reference, bound to `cluster-admin` (its own chart's RBAC is not
+/// reproduced here; an authorizer that allows everything is the cheapest for it).
+pub async fn reference_account(client: &Client) -> Result<()> {
+    let sa: ServiceAccount = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": REFERENCE_ACCOUNT, "namespace": SYSTEM_NS},
+    }))?;
+    Api::<ServiceAccount>::namespaced(client.clone(), SYSTEM_NS)
+        .patch(
+            REFERENCE_ACCOUNT,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&sa),
+        )
+        .await
+        .context("creating the reference's ServiceAccount")?;
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": REFERENCE_ACCOUNT},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"kind": "ServiceAccount", "name": REFERENCE_ACCOUNT, "namespace": SYSTEM_NS}],
+    }))?;
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .patch(
+            REFERENCE_ACCOUNT,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&binding),
+        )
+        .await
+        .context("binding the reference's ServiceAccount")?;
+    Ok(())
+}
+
+/// Copies the bearer token of a kubeconfig written by [`operator_kubeconfig`] into `path`.
+pub fn write_token(kubeconfig: &Path, path: &Path) -> Result<()> {
+    let kc: Value = serde_yaml::from_str(&std::fs::read_to_string(kubeconfig)?)?;
+    let token = kc["users"][0]["user"]["token"]
+        .as_str()
+        .context("no token in the kubeconfig")?;
+    std::fs::write(path, token)?;
+    Ok(())
+}
+
 /// Writes a kubeconfig holding only a TokenRequest token of the `we-operator` ServiceAccount, so
 /// that the operator runs with exactly the RBAC of `deploy/`.
 pub async fn operator_kubeconfig(
     client: &Client,
     admin_kubeconfig: &Path,
     dir: &Path,
+    account: &str,
 ) -> Result<PathBuf> {
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), SYSTEM_NS);
     let tr = TokenRequest {
@@ -114,20 +210,20 @@ pub async fn operator_kubeconfig(
         ..Default::default()
     };
     let token: TokenRequest = sas
-        .create_subresource("token", "we-operator", &PostParams::default(), &tr)
+        .create_subresource("token", account, &PostParams::default(), &tr)
         .await
-        .context("TokenRequest for the we-operator ServiceAccount")?;
+        .with_context(|| format!("TokenRequest for the {account} ServiceAccount"))?;
     let token = token.status.context("no token issued")?.token;
     let admin: Value = serde_yaml::from_str(&std::fs::read_to_string(admin_kubeconfig)?)?;
     let cluster = &admin["clusters"][0]["cluster"];
     let kubeconfig = json!({
         "apiVersion": "v1", "kind": "Config",
         "clusters": [{"name": "local", "cluster": {"server": cluster["server"], "certificate-authority-data": cluster["certificate-authority-data"]}}],
-        "users": [{"name": "we-operator", "user": {"token": token}}],
-        "contexts": [{"name": "we-operator", "context": {"cluster": "local", "user": "we-operator"}}],
-        "current-context": "we-operator",
+        "users": [{"name": account, "user": {"token": token}}],
+        "contexts": [{"name": account, "context": {"cluster": "local", "user": account}}],
+        "current-context": account,
     });
-    let path = dir.join("we-operator.kubeconfig");
+    let path = dir.join(format!("{account}.kubeconfig"));
     std::fs::write(&path, serde_yaml::to_string(&kubeconfig)?)?;
     Ok(path)
 }

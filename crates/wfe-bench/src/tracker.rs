@@ -19,10 +19,12 @@ use kube::{
 };
 use serde_json::json;
 use tokio::{sync::Semaphore, task::JoinHandle};
-use wfe_api::{Phase, WorkflowExecution};
 use wfe_executor::{LABEL_SOURCE_NAMESPACE, owner_of};
 
-use crate::setup::{BENCH_NS, EXEC_NS};
+use crate::{
+    setup::{BENCH_NS, EXEC_NS},
+    subject::Subject,
+};
 
 /// Everything observed about the executions of one workload, by WorkflowExecution name.
 #[derive(Debug, Default)]
@@ -60,7 +62,12 @@ fn lock(m: &Mutex<Observed>) -> std::sync::MutexGuard<'_, Observed> {
 impl Tracker {
     /// Starts both watches for WorkflowExecutions named `{prefix}-*` and waits until their initial
     /// lists are done. Jobs are completed `hold` after they are first seen.
-    pub async fn start(client: &Client, prefix: &str, hold: Duration) -> Result<Tracker> {
+    pub async fn start(
+        client: &Client,
+        prefix: &str,
+        hold: Duration,
+        subject: &Subject,
+    ) -> Result<Tracker> {
         let state = Arc::new(Mutex::new(Observed::default()));
         let prefix = format!("{prefix}-");
         let (jobs_ready_tx, jobs_ready) = tokio::sync::oneshot::channel::<()>();
@@ -73,6 +80,7 @@ impl Tracker {
             watcher::Config::default().labels(&format!("{LABEL_SOURCE_NAMESPACE}={BENCH_NS}"));
         let st = state.clone();
         let pfx = prefix.clone();
+        let release_by_deletion = subject.release_is_job_deletion();
         let completer = Completer {
             jobs,
             permits: Arc::new(Semaphore::new(32)),
@@ -85,6 +93,17 @@ impl Tracker {
                 let seen = Instant::now();
                 let meta = match event {
                     Ok(watcher::Event::Apply(m) | watcher::Event::InitApply(m)) => m,
+                    Ok(watcher::Event::Delete(m)) => {
+                        // The reference records no release in its status: its lock is released
+                        // when it deletes the Job.
+                        if release_by_deletion
+                            && let Some(owner) = owner_of(&m.metadata)
+                            && owner.name.starts_with(&pfx)
+                        {
+                            lock(&st).released.entry(owner.name).or_insert(seen);
+                        }
+                        continue;
+                    }
                     Ok(watcher::Event::InitDone) => {
                         if let Some(tx) = ready.take() {
                             let _ = tx.send(());
@@ -121,14 +140,16 @@ impl Tracker {
             }
         });
 
-        let wfes: Api<WorkflowExecution> = Api::namespaced(client.clone(), BENCH_NS);
+        let wfes = crate::subject::executions(client);
         let st = state.clone();
         let pfx = prefix.clone();
+        let subject = subject.clone();
         let wfe_task = tokio::spawn(async move {
             let mut ready = Some(wfes_ready_tx);
             let mut stream = std::pin::pin!(
                 watcher::watcher(wfes, watcher::Config::default()).default_backoff()
             );
+            let succeeded = subject.succeeded_phase();
             while let Some(event) = stream.next().await {
                 let seen = Instant::now();
                 let wfe = match event {
@@ -149,27 +170,24 @@ impl Tracker {
                 if !name.starts_with(&pfx) {
                     continue;
                 }
+                let status = wfe.data.get("status").cloned().unwrap_or_default();
                 let mut s = lock(&st);
-                match wfe.phase() {
-                    Phase::Succeeded => {
+                match status.get("phase").and_then(|p| p.as_str()) {
+                    Some(p) if p == succeeded => {
                         s.succeeded.entry(name.clone()).or_insert(seen);
                     }
-                    Phase::Failed => {
-                        let reason = wfe
-                            .status
-                            .as_ref()
-                            .and_then(|st| st.failure_details.as_ref())
-                            .map(|d| format!("{}: {}", d.reason, d.message))
-                            .unwrap_or_default();
+                    Some("Failed") => {
+                        let d = &status["failureDetails"];
+                        let reason = format!(
+                            "{}: {}",
+                            d["reason"].as_str().unwrap_or_default(),
+                            d["message"].as_str().unwrap_or_default()
+                        );
                         s.failed.entry(name.clone()).or_insert(reason);
                     }
                     _ => {}
                 }
-                if wfe
-                    .status
-                    .as_ref()
-                    .is_some_and(|st| st.lock_released_time.is_some())
-                {
+                if subject.released_in_status(&status) {
                     s.released.entry(name).or_insert(seen);
                 }
             }

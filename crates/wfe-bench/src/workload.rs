@@ -16,17 +16,18 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
 use wfe_api::{
-    ExecutionEngine, ExecutionRef, ExecutionStatusSummary, FINALIZER, Phase, WorkflowExecution,
+    ExecutionEngine, ExecutionRef, ExecutionStatusSummary, Phase, WorkflowExecution,
     WorkflowExecutionSpec, WorkflowExecutionStatus, WorkflowRef, conditions as cond,
 };
 use wfe_executor::{LABEL_SOURCE_NAMESPACE, execution_name_for};
 
 use crate::{
     setup::{BENCH_NS, EXEC_NS},
+    subject::{Subject, executions},
     tracker::Tracker,
 };
 
@@ -80,8 +81,19 @@ pub fn new_wfe(name: &str) -> WorkflowExecution {
     w
 }
 
-async fn create_tracked(api: &Api<WorkflowExecution>, tracker: &Tracker, name: String) {
-    let wfe = new_wfe(&name);
+async fn create_tracked(
+    api: &Api<DynamicObject>,
+    subject: &Subject,
+    tracker: &Tracker,
+    name: String,
+) {
+    let wfe: DynamicObject = match serde_json::from_value(subject.execution(&name)) {
+        Ok(w) => w,
+        Err(e) => {
+            tracker.create_done(&name, Instant::now(), Some(e.to_string()));
+            return;
+        }
+    };
     let sent = Instant::now();
     tracker.create_sent(&name, sent);
     let result = api.create(&PostParams::default(), &wfe).await;
@@ -89,10 +101,10 @@ async fn create_tracked(api: &Api<WorkflowExecution>, tracker: &Tracker, name: S
 }
 
 /// Creates `n` executions as fast as the client allows ([`CONCURRENCY`] in flight).
-pub async fn burst(client: &Client, tracker: &Tracker, prefix: &str, n: usize) {
-    let api: Api<WorkflowExecution> = Api::namespaced(client.clone(), BENCH_NS);
+pub async fn burst(client: &Client, subject: &Subject, tracker: &Tracker, prefix: &str, n: usize) {
+    let api = executions(client);
     stream::iter(0..n)
-        .map(|i| create_tracked(&api, tracker, name(prefix, i)))
+        .map(|i| create_tracked(&api, subject, tracker, name(prefix, i)))
         .buffer_unordered(CONCURRENCY)
         .collect::<Vec<()>>()
         .await;
@@ -102,12 +114,13 @@ pub async fn burst(client: &Client, tracker: &Tracker, prefix: &str, n: usize) {
 /// call does not delay the schedule).
 pub async fn steady(
     client: &Client,
+    subject: &Subject,
     tracker: &Arc<Tracker>,
     prefix: &str,
     rate: u32,
     duration: Duration,
 ) -> usize {
-    let api: Api<WorkflowExecution> = Api::namespaced(client.clone(), BENCH_NS);
+    let api = executions(client);
     let n = (f64::from(rate) * duration.as_secs_f64()).round() as usize;
     let period = Duration::from_secs_f64(1.0 / f64::from(rate));
     let start = tokio::time::Instant::now();
@@ -115,8 +128,9 @@ pub async fn steady(
     for i in 0..n {
         tokio::time::sleep_until(start + period * i as u32).await;
         let (api, tracker, name) = (api.clone(), tracker.clone(), name(prefix, i));
+        let subject = subject.clone();
         tasks.push(tokio::spawn(async move {
-            create_tracked(&api, &tracker, name).await;
+            create_tracked(&api, &subject, &tracker, name).await;
         }));
     }
     for t in tasks {
@@ -203,28 +217,36 @@ pub fn finished_status(wfe: &WorkflowExecution, now: Timestamp) -> WorkflowExecu
 
 /// Creates `n` finished executions (with the operator's finalizer, status written through the
 /// status subresource) while no operator runs. Returns the time it took.
-pub async fn create_finished(client: &Client, prefix: &str, n: usize) -> Result<Duration> {
-    let api: Api<WorkflowExecution> = Api::namespaced(client.clone(), BENCH_NS);
+pub async fn create_finished(
+    client: &Client,
+    subject: &Subject,
+    prefix: &str,
+    n: usize,
+) -> Result<Duration> {
+    let api = executions(client);
     let start = Instant::now();
     let errors: Vec<String> = stream::iter(0..n)
         .map(|i| {
             let api = api.clone();
             async move {
-                let mut wfe = new_wfe(&name(prefix, i));
-                wfe.metadata.finalizers = Some(vec![FINALIZER.to_string()]);
-                let created = api.create(&PostParams::default(), &wfe).await?;
-                let status = finished_status(&created, Timestamp::now());
+                let (obj, status) = subject.finished(&name(prefix, i), Timestamp::now());
+                let obj: DynamicObject = serde_json::from_value(obj).map_err(|e| e.to_string())?;
+                let created = api
+                    .create(&PostParams::default(), &obj)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 api.patch_status(
                     &created.name_any(),
                     &PatchParams::default(),
                     &Patch::Merge(json!({"status": status})),
                 )
-                .await?;
-                Ok::<(), kube::Error>(())
+                .await
+                .map_err(|e| e.to_string())?;
+                Ok::<(), String>(())
             }
         })
         .buffer_unordered(CONCURRENCY)
-        .filter_map(|r| async move { r.err().map(|e| e.to_string()) })
+        .filter_map(|r| async move { r.err() })
         .collect()
         .await;
     if !errors.is_empty() {
@@ -240,7 +262,7 @@ pub async fn create_finished(client: &Client, prefix: &str, n: usize) -> Result<
 /// Removes every WorkflowExecution of the bench namespace (finalizers stripped: call it with no
 /// operator running) and the Jobs of the bench, and waits until they are gone.
 pub async fn clean(client: &Client) -> Result<()> {
-    let wfes: Api<WorkflowExecution> = Api::namespaced(client.clone(), BENCH_NS);
+    let wfes = executions(client);
     let jobs: Api<Job> = Api::namespaced(client.clone(), EXEC_NS);
     let job_selector =
         ListParams::default().labels(&format!("{LABEL_SOURCE_NAMESPACE}={BENCH_NS}"));

@@ -10,8 +10,13 @@ use std::{
     },
 };
 
-use axum::{Json, Router, extract::State, http::StatusCode, routing::post};
-use serde_json::Value;
+use axum::{
+    Json, Router,
+    extract::State,
+    http::StatusCode,
+    routing::{get, post},
+};
+use serde_json::{Value, json};
 
 /// The path the operator posts batches to, under its `--audit-url`.
 pub const BATCH_PATH: &str = "/api/v1/audit/events/batch";
@@ -25,15 +30,45 @@ pub struct AuditReceiver {
     down: Arc<AtomicBool>,
 }
 
-async fn receive(State(r): State<AuditReceiver>, Json(batch): Json<Vec<Value>>) -> StatusCode {
+/// Answers `201` with the ids of the events it kept (the sink's documented answer, which the
+/// reference controller's client checks), or `503` while down.
+async fn receive(
+    State(r): State<AuditReceiver>,
+    Json(batch): Json<Vec<Value>>,
+) -> (StatusCode, Json<Value>) {
     if r.down.load(Ordering::SeqCst) {
-        return StatusCode::SERVICE_UNAVAILABLE;
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"message": "the audit receiver is down"})),
+        );
     }
+    let ids: Vec<Value> = batch
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            e.get("event_id")
+                .cloned()
+                .unwrap_or_else(|| json!(format!("received-{i}")))
+        })
+        .collect();
+    let n = ids.len();
     r.events
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .extend(batch);
-    StatusCode::CREATED
+    (
+        StatusCode::CREATED,
+        Json(json!({"event_ids": ids, "message": format!("{n} audit event(s) stored")})),
+    )
+}
+
+/// `GET /readyz`: 200 while up (the reference controller gates its own readiness on it).
+async fn readyz(State(r): State<AuditReceiver>) -> StatusCode {
+    if r.down.load(Ordering::SeqCst) {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    }
 }
 
 /// Events by `event_type`.
@@ -50,6 +85,7 @@ impl AuditReceiver {
         };
         let app = Router::new()
             .route(BATCH_PATH, post(receive))
+            .route("/readyz", get(readyz))
             .with_state(r.clone());
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {

@@ -226,6 +226,12 @@ pub struct Results {
     pub cluster: String,
     /// The operator binary and flags.
     pub operator: String,
+    /// `we-operator` or `reference` (the Go controller, issue #20).
+    pub subject: String,
+    /// The reference's commit, when this run measured it.
+    pub reference_commit: Option<String>,
+    /// How the reference's audit writes went, when this run measured it.
+    pub reference_audit: Option<String>,
     /// How executions are played and measured.
     pub method: Vec<String>,
     /// Whether this was the short development run (`--quick`): not the published figures.
