@@ -249,6 +249,12 @@ async fn run(args: RunArgs) -> Result<()> {
             wfe_controller::metrics::DURATION_BUCKETS,
         )?
         .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(
+                wfe_controller::metrics::RECONCILE_DURATION.into(),
+            ),
+            wfe_controller::metrics::RECONCILE_BUCKETS,
+        )?
+        .set_buckets_for_metric(
             metrics_exporter_prometheus::Matcher::Suffix("latency_seconds".into()),
             wfe_controller::metrics::LATENCY_BUCKETS,
         )?
