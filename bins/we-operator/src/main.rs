@@ -101,6 +101,21 @@ struct RunArgs {
     /// File with a bearer token for the audit service, re-read for every batch (rotation).
     #[arg(long, env = "WFE_AUDIT_TOKEN_FILE")]
     audit_token_file: Option<std::path::PathBuf>,
+    /// PEM client certificate (and chain) for mutual TLS with the audit service; re-read when
+    /// it changes (renewal).
+    #[arg(
+        long,
+        env = "WFE_AUDIT_CLIENT_CERT_FILE",
+        requires = "audit_client_key_file"
+    )]
+    audit_client_cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of --audit-client-cert-file.
+    #[arg(
+        long,
+        env = "WFE_AUDIT_CLIENT_KEY_FILE",
+        requires = "audit_client_cert_file"
+    )]
+    audit_client_key_file: Option<std::path::PathBuf>,
     /// Timeout of one audit request.
     #[arg(long, env = "WFE_AUDIT_TIMEOUT", default_value = "10s", value_parser = duration)]
     audit_timeout: Duration,
@@ -330,6 +345,14 @@ async fn run(args: RunArgs) -> Result<()> {
             &wfe_controller::audit::HttpAuth {
                 ca_file: args.audit_ca_file.clone(),
                 token_file: args.audit_token_file.clone(),
+                client_cert: args
+                    .audit_client_cert_file
+                    .clone()
+                    .zip(args.audit_client_key_file.clone())
+                    .map(|(cert_file, key_file)| wfe_controller::audit::ClientCert {
+                        cert_file,
+                        key_file,
+                    }),
             },
         )?),
         None => Arc::new(StdoutSink),
