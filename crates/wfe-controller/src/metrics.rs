@@ -44,6 +44,12 @@ pub const AUDIT_EVENTS: &str = "workflowexecution_audit_events_total";
 /// Lock releases, by engine and how the execution resource went.
 pub const LOCK_RELEASED: &str = "workflowexecution_lock_released_total";
 
+/// Changes of the workflow policy file seen by the reloader, by result: `loaded`, `invalid`.
+pub const POLICY_RELOADS: &str = "workflowexecution_workflow_policy_reloads_total";
+/// 1 when the policy in force is what the policy file says now, 0 while the file holds an
+/// invalid policy and the last good one stays in force.
+pub const POLICY_RELOAD_OK: &str = "workflowexecution_workflow_policy_last_reload_successful";
+
 /// Buckets of the execution duration histogram (seconds).
 pub const DURATION_BUCKETS: &[f64] = &[
     1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 640.0, 1280.0, 2560.0,
@@ -105,6 +111,14 @@ pub fn describe() {
     describe_gauge!(
         RECONCILE_MAX_CONCURRENCY,
         "The configured bound on reconciles running at once"
+    );
+    describe_counter!(
+        POLICY_RELOADS,
+        "Changes of the workflow policy file, by result (loaded, invalid)"
+    );
+    describe_gauge!(
+        POLICY_RELOAD_OK,
+        "1 when the workflow policy in force is the policy file's current content, 0 while the file is invalid and the last good policy stays in force"
     );
     // Present from the start, so that rates and ratios have a series before the first reconcile.
     for result in ReconcileResult::ALL {
@@ -230,6 +244,17 @@ pub fn max_concurrency(n: u16) {
     gauge!(RECONCILE_MAX_CONCURRENCY).set(f64::from(n));
 }
 
+/// A change of the workflow policy file: put in force (`true`) or refused as invalid.
+pub fn policy_reload(loaded: bool) {
+    counter!(POLICY_RELOADS, "result" => if loaded { "loaded" } else { "invalid" }).increment(1);
+    policy_valid(loaded);
+}
+
+/// Whether the policy in force is the policy file's current content.
+pub fn policy_valid(valid: bool) {
+    gauge!(POLICY_RELOAD_OK).set(if valid { 1.0 } else { 0.0 });
+}
+
 /// A reconcile error.
 pub fn reconcile_error(category: &'static str) {
     counter!(RECONCILE_ERRORS, "category" => category).increment(1);
@@ -283,6 +308,8 @@ mod tests {
             (AUDIT_EVENTS, "counter"),
             (LOCK_RELEASED, "counter"),
             (RETENTION_DELETED, "counter"),
+            (POLICY_RELOADS, "counter"),
+            (POLICY_RELOAD_OK, "gauge"),
             (RECONCILER_DURATION, "seconds"),
             (RECONCILE_DURATION, "seconds"),
             (DISPATCH_LATENCY, "seconds"),
