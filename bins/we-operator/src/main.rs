@@ -101,6 +101,21 @@ struct RunArgs {
     /// File with a bearer token for the audit service, re-read for every batch (rotation).
     #[arg(long, env = "WFE_AUDIT_TOKEN_FILE")]
     audit_token_file: Option<std::path::PathBuf>,
+    /// PEM client certificate (and chain) for mutual TLS with the audit service; re-read when
+    /// it changes (renewal).
+    #[arg(
+        long,
+        env = "WFE_AUDIT_CLIENT_CERT_FILE",
+        requires = "audit_client_key_file"
+    )]
+    audit_client_cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of --audit-client-cert-file.
+    #[arg(
+        long,
+        env = "WFE_AUDIT_CLIENT_KEY_FILE",
+        requires = "audit_client_cert_file"
+    )]
+    audit_client_key_file: Option<std::path::PathBuf>,
     /// Timeout of one audit request.
     #[arg(long, env = "WFE_AUDIT_TIMEOUT", default_value = "10s", value_parser = duration)]
     audit_timeout: Duration,
@@ -146,13 +161,18 @@ struct RunArgs {
     /// beyond digest pinning.
     #[arg(long, env = "WFE_WORKFLOW_POLICY_FILE")]
     workflow_policy_file: Option<std::path::PathBuf>,
+    /// How often the workflow policy file is re-read; a changed valid policy is put in force at
+    /// once, an invalid one is logged and counted and the last good policy stays. `0s`: read at
+    /// start only.
+    #[arg(long, env = "WFE_WORKFLOW_POLICY_RELOAD_INTERVAL", default_value = "10s", value_parser = duration)]
+    workflow_policy_reload_interval: Duration,
 }
 
-/// The workflow policy of `--workflow-policy-file`; a policy that does not parse stops the
-/// operator (running unrestricted by mistake is worse than not running).
+/// The workflow policy of `--workflow-policy-file` and the text it was read from; a policy that
+/// does not parse stops the operator (running unrestricted by mistake is worse than not running).
 fn workflow_policy(
     path: Option<&std::path::Path>,
-) -> Result<wfe_controller::policy::WorkflowPolicy> {
+) -> Result<(wfe_controller::policy::WorkflowPolicy, String)> {
     let Some(path) = path else {
         tracing::warn!(
             "no --workflow-policy-file: any image repository, service account and Secret may be requested"
@@ -164,7 +184,55 @@ fn workflow_policy(
     let policy = wfe_controller::policy::WorkflowPolicy::from_yaml(&text)
         .with_context(|| format!("invalid workflow policy {}", path.display()))?;
     tracing::info!(path = %path.display(), workflows = policy.workflows.len(), "workflow policy loaded");
-    Ok(policy)
+    Ok((policy, text))
+}
+
+/// Re-reads the policy file every `every` and acts on what [`Reload::check`] decides: a changed
+/// valid policy is put in force at once; an invalid or unreadable file is logged (once per
+/// change) and counted, and the last good policy stays in force.
+///
+/// [`Reload::check`]: wfe_controller::policy::Reload::check
+fn follow_workflow_policy(
+    path: std::path::PathBuf,
+    start_text: &str,
+    handle: wfe_controller::policy::PolicyHandle,
+    every: Duration,
+) {
+    use wfe_controller::policy::{Reload, ReloadOutcome};
+    wfe_controller::metrics::policy_valid(true);
+    let mut reload = Reload::from_start(start_text);
+    tokio::spawn(async move {
+        let mut unreadable = false;
+        loop {
+            tokio::time::sleep(every).await;
+            let text = match tokio::fs::read_to_string(&path).await {
+                Ok(text) => {
+                    unreadable = false;
+                    text
+                }
+                Err(e) => {
+                    if !unreadable {
+                        tracing::error!(path = %path.display(), error = %e, "cannot read the workflow policy file; keeping the last good policy");
+                        wfe_controller::metrics::policy_reload(false);
+                        unreadable = true;
+                    }
+                    continue;
+                }
+            };
+            match reload.check(&text) {
+                ReloadOutcome::Unchanged => {}
+                ReloadOutcome::Loaded(policy) => {
+                    tracing::info!(path = %path.display(), workflows = policy.workflows.len(), "workflow policy reloaded");
+                    handle.replace(policy);
+                    wfe_controller::metrics::policy_reload(true);
+                }
+                ReloadOutcome::Invalid(why) => {
+                    tracing::error!(path = %path.display(), error = %why, "invalid workflow policy file; keeping the last good policy");
+                    wfe_controller::metrics::policy_reload(false);
+                }
+            }
+        }
+    });
 }
 
 fn init_logging(format: LogFormat, level: &str) -> Result<()> {
@@ -238,7 +306,8 @@ async fn shutdown_signal() {
 async fn run(args: RunArgs) -> Result<()> {
     init_logging(args.log_format, &args.log_level)?;
     // A bad policy stops the operator before it serves or connects to anything.
-    let policy = workflow_policy(args.workflow_policy_file.as_deref())?;
+    let (policy, policy_text) = workflow_policy(args.workflow_policy_file.as_deref())?;
+    let policy = wfe_controller::policy::PolicyHandle::from(policy);
     // reqwest uses rustls without a built-in provider; kube brings ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -247,6 +316,12 @@ async fn run(args: RunArgs) -> Result<()> {
                 wfe_controller::metrics::RECONCILER_DURATION.into(),
             ),
             wfe_controller::metrics::DURATION_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(
+                wfe_controller::metrics::RECONCILE_DURATION.into(),
+            ),
+            wfe_controller::metrics::RECONCILE_BUCKETS,
         )?
         .set_buckets_for_metric(
             metrics_exporter_prometheus::Matcher::Suffix("latency_seconds".into()),
@@ -271,6 +346,16 @@ async fn run(args: RunArgs) -> Result<()> {
         args.leader_election,
     ));
     admin::serve(state.clone(), args.health_address, args.metrics_address).await?;
+    if let Some(path) = &args.workflow_policy_file
+        && !args.workflow_policy_reload_interval.is_zero()
+    {
+        follow_workflow_policy(
+            path.clone(),
+            &policy_text,
+            policy.clone(),
+            args.workflow_policy_reload_interval,
+        );
+    }
 
     let client = apicount::client()
         .await
@@ -324,6 +409,14 @@ async fn run(args: RunArgs) -> Result<()> {
             &wfe_controller::audit::HttpAuth {
                 ca_file: args.audit_ca_file.clone(),
                 token_file: args.audit_token_file.clone(),
+                client_cert: args
+                    .audit_client_cert_file
+                    .clone()
+                    .zip(args.audit_client_key_file.clone())
+                    .map(|(cert_file, key_file)| wfe_controller::audit::ClientCert {
+                        cert_file,
+                        key_file,
+                    }),
             },
         )?),
         None => Arc::new(StdoutSink),

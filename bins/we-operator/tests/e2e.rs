@@ -83,7 +83,7 @@ async fn least_privilege(kubeconfig: &Path) {
     .unwrap();
     let client = Client::try_from(config).unwrap();
     let reviews: Api<SelfSubjectAccessReview> = Api::all(client);
-    let can = |verb: &str, group: &str, resource: &str, ns: Option<&str>| {
+    let can_named = |verb: &str, group: &str, resource: &str, ns: Option<&str>, name: &str| {
         let review = SelfSubjectAccessReview {
             spec: SelfSubjectAccessReviewSpec {
                 resource_attributes: Some(ResourceAttributes {
@@ -91,6 +91,7 @@ async fn least_privilege(kubeconfig: &Path) {
                     group: Some(group.into()),
                     resource: Some(resource.into()),
                     namespace: ns.map(Into::into),
+                    name: (!name.is_empty()).then(|| name.into()),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -107,6 +108,9 @@ async fn least_privilege(kubeconfig: &Path) {
                 .unwrap()
                 .allowed
         }
+    };
+    let can = |verb: &str, group: &str, resource: &str, ns: Option<&str>| {
+        can_named(verb, group, resource, ns, "")
     };
     let needed = [
         ("create", "batch", "jobs", Some(EXEC_NS)),
@@ -127,7 +131,7 @@ async fn least_privilege(kubeconfig: &Path) {
             Some(SYSTEM_NS),
         ),
         ("create", "events.k8s.io", "events", Some(SYSTEM_NS)),
-        ("update", "coordination.k8s.io", "leases", Some(SYSTEM_NS)),
+        ("create", "coordination.k8s.io", "leases", Some(SYSTEM_NS)),
     ];
     for (verb, group, resource, ns) in needed {
         assert!(
@@ -167,6 +171,19 @@ async fn least_privilege(kubeconfig: &Path) {
             !can(verb, group, resource, ns).await,
             "the operator must NOT be allowed to {verb} {resource} in {ns:?}"
         );
+    }
+    // Leases by name: its own one read and renewed, no other touched, none listed or deleted.
+    let lease =
+        |verb, name| can_named(verb, "coordination.k8s.io", "leases", Some(SYSTEM_NS), name);
+    for verb in ["get", "patch"] {
+        assert!(lease(verb, "we-operator-leader").await, "{verb} its Lease");
+        assert!(!lease(verb, "someone-elses").await, "{verb} another Lease");
+    }
+    for verb in ["update", "delete"] {
+        assert!(!lease(verb, "we-operator-leader").await, "{verb} its Lease");
+    }
+    for verb in ["list", "watch", "get"] {
+        assert!(!lease(verb, "").await, "{verb} Leases without a name");
     }
 }
 

@@ -294,6 +294,29 @@ fn rbac_is_least_privilege() {
                 "CRDs: only our own, by name"
             );
         }
+        if resources.iter().any(|r| r == "leases") {
+            assert_eq!(
+                scope, "kubernaut-system",
+                "Leases only in its own namespace"
+            );
+            assert_eq!(resources, ["leases"], "{scope}: a Lease rule of its own");
+            match rule.resource_names.as_deref() {
+                // RBAC cannot restrict a create by name (the name is in the body).
+                None => assert_eq!(rule.verbs, ["create"], "Leases: only create without a name"),
+                Some(names) => {
+                    assert_eq!(
+                        names,
+                        ["we-operator-leader"],
+                        "Leases: only the operator's own"
+                    );
+                    assert_eq!(
+                        rule.verbs,
+                        ["get", "patch"],
+                        "Leases: what the lease library does"
+                    );
+                }
+            }
+        }
         if resources.iter().any(|r| r == "pods") {
             assert!(
                 !rule.verbs.iter().any(|v| v == "create"),
@@ -307,6 +330,17 @@ fn rbac_is_least_privilege() {
             );
         }
     }
+    // Every file that holds the Role (rbac.yaml, install.yaml) says the same.
+    let lease_rules: std::collections::BTreeSet<_> = rules()
+        .into_iter()
+        .filter(|(_, r)| r.resources.iter().flatten().any(|x| x == "leases"))
+        .map(|(_, r)| (r.verbs, r.resource_names))
+        .collect();
+    assert_eq!(
+        lease_rules.len(),
+        2,
+        "leader election: create, and get/patch by name"
+    );
 }
 
 /// Runs kubectl against the local cluster.

@@ -328,13 +328,63 @@ pub struct HttpAuth {
     /// File holding a bearer token, sent as `Authorization: Bearer ...`; read for every batch,
     /// so a rotated token (a projected ServiceAccount token, a re-mounted Secret) is used at once.
     pub token_file: Option<PathBuf>,
+    /// A client certificate for mutual TLS; re-read when its files change (a renewed
+    /// certificate in a re-mounted Secret is used from the next batch on).
+    pub client_cert: Option<ClientCert>,
+}
+
+/// The PEM files of a client certificate (`tls.crt`, its chain allowed) and its private key
+/// (`tls.key`: PKCS#8, PKCS#1 or SEC1), as in a Secret of type `kubernetes.io/tls`.
+#[derive(Clone, Debug)]
+pub struct ClientCert {
+    /// The certificate (and chain), PEM.
+    pub cert_file: PathBuf,
+    /// The private key, PEM.
+    pub key_file: PathBuf,
+}
+
+/// When the client certificate's files last changed: the HTTP client is rebuilt when this
+/// differs from the one it was built with.
+type Stamp = (Option<std::time::SystemTime>, Option<std::time::SystemTime>);
+
+impl ClientCert {
+    fn stamp(&self) -> Stamp {
+        let modified = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        (modified(&self.cert_file), modified(&self.key_file))
+    }
+
+    /// The identity (certificate and key in one PEM buffer, as reqwest reads it).
+    fn identity(&self) -> Result<reqwest::Identity, AuditError> {
+        let read = |p: &PathBuf, what: &str| {
+            std::fs::read(p).map_err(|e| {
+                AuditError(format!(
+                    "cannot read the audit client {what} {}: {e}",
+                    p.display()
+                ))
+            })
+        };
+        let mut pem = read(&self.cert_file, "certificate")?;
+        pem.push(b'\n');
+        pem.extend(read(&self.key_file, "key")?);
+        reqwest::Identity::from_pem(&pem).map_err(|e| {
+            AuditError(format!(
+                "the audit client certificate {} and key {} are not a PEM certificate and private key: {e}",
+                self.cert_file.display(),
+                self.key_file.display()
+            ))
+        })
+    }
 }
 
 /// Posts batches to `{url}/api/v1/audit/events/batch`.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct HttpSink {
     url: String,
-    client: reqwest::Client,
+    timeout: Duration,
+    ca: Vec<reqwest::Certificate>,
+    client_cert: Option<ClientCert>,
+    /// The client, and the stamp of the client certificate it holds.
+    client: std::sync::Mutex<(reqwest::Client, Stamp)>,
     token_file: Option<PathBuf>,
 }
 
@@ -344,38 +394,81 @@ impl HttpSink {
         Self::with_auth(base_url, timeout, &HttpAuth::default())
     }
 
-    /// A sink for the audit service at `base_url` with a custom CA and/or a bearer token.
+    /// A sink for the audit service at `base_url` with a custom CA, a bearer token and/or a
+    /// client certificate. Every file is checked here, so a wrong path stops the operator at start.
     pub fn with_auth(
         base_url: &str,
         timeout: Duration,
         auth: &HttpAuth,
     ) -> Result<Self, AuditError> {
-        let mut builder = reqwest::Client::builder().timeout(timeout);
+        let mut ca = Vec::new();
         if let Some(path) = &auth.ca_file {
             let pem = std::fs::read(path).map_err(|e| {
                 AuditError(format!("cannot read the audit CA {}: {e}", path.display()))
             })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            ca = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
                 AuditError(format!("the audit CA {} is not PEM: {e}", path.display()))
             })?;
-            if certs.is_empty() {
+            if ca.is_empty() {
                 return Err(AuditError(format!(
                     "the audit CA {} holds no certificate",
                     path.display()
                 )));
             }
-            builder = builder.tls_certs_merge(certs);
         }
-        let client = builder.build().map_err(|e| AuditError(e.to_string()))?;
+        let built = http_client(timeout, &ca, auth.client_cert.as_ref())?;
         Ok(HttpSink {
             url: format!(
                 "{}/api/v1/audit/events/batch",
                 base_url.trim_end_matches('/')
             ),
-            client,
+            timeout,
+            ca,
+            client_cert: auth.client_cert.clone(),
+            client: std::sync::Mutex::new(built),
             token_file: auth.token_file.clone(),
         })
     }
+
+    /// The client to use: rebuilt when the client certificate's files changed since it was
+    /// built; a renewed certificate that cannot be read yet (a half-written Secret update)
+    /// keeps the previous client and is tried again with the next batch.
+    fn client(&self) -> reqwest::Client {
+        let mut current = self.client.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(cert) = &self.client_cert
+            && cert.stamp() != current.1
+        {
+            match http_client(self.timeout, &self.ca, Some(cert)) {
+                Ok(built) => {
+                    tracing::info!(cert = %cert.cert_file.display(), "audit client certificate reloaded");
+                    *current = built;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "audit client certificate changed but cannot be loaded; keeping the previous one");
+                }
+            }
+        }
+        current.0.clone()
+    }
+}
+
+/// A client with the CA and the client certificate as their files are now.
+fn http_client(
+    timeout: Duration,
+    ca: &[reqwest::Certificate],
+    client_cert: Option<&ClientCert>,
+) -> Result<(reqwest::Client, Stamp), AuditError> {
+    let mut builder = reqwest::Client::builder().timeout(timeout);
+    if !ca.is_empty() {
+        builder = builder.tls_certs_merge(ca.to_vec());
+    }
+    let mut stamp = (None, None);
+    if let Some(cert) = client_cert {
+        stamp = cert.stamp();
+        builder = builder.identity(cert.identity()?);
+    }
+    let client = builder.build().map_err(|e| AuditError(e.to_string()))?;
+    Ok((client, stamp))
 }
 
 #[async_trait]
@@ -384,7 +477,7 @@ impl AuditSink for HttpSink {
         if events.is_empty() {
             return Ok(());
         }
-        let mut request = self.client.post(&self.url).json(events);
+        let mut request = self.client().post(&self.url).json(events);
         if let Some(path) = &self.token_file {
             let token = tokio::fs::read_to_string(path).await.map_err(|e| {
                 AuditError(format!(

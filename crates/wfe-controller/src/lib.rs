@@ -48,7 +48,9 @@ use wfe_executor::Registry;
 
 pub use audit::{AuditSink, HttpSink, StdoutSink};
 pub use guards::GuardConfig;
-pub use reconcile::{Context, ControllerConfig, Error, TargetIndex, error_policy, reconcile};
+pub use reconcile::{
+    Context, ControllerConfig, Error, TargetIndex, error_policy, measured_reconcile, reconcile,
+};
 
 /// Health of a running controller, for `/readyz`.
 #[derive(Debug, Default)]
@@ -206,11 +208,12 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()> + Send + S
         })
     });
 
+    metrics::max_concurrency(cfg.concurrency);
     Controller::for_stream(wfe_stream, reader)
         .with_config(ControllerRunConfig::default().concurrency(cfg.concurrency))
         .reconcile_on(stream::select_all(triggers))
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(measured_reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "reconcile");

@@ -19,7 +19,10 @@
 //! Decisions only: the controller fails a refused request before execution (`ConfigurationError`,
 //! an Event, the `workflow.failed` audit event).
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, RwLock},
+};
 
 use serde::Deserialize;
 use wfe_api::WorkflowExecutionSpec;
@@ -172,6 +175,70 @@ impl WorkflowPolicy {
     }
 }
 
+/// The policy in force, shared by the controller and the file reloader ([`Reload`]): the
+/// controller reads the current policy for each request; a reload replaces it at once.
+#[derive(Clone, Debug, Default)]
+pub struct PolicyHandle(Arc<RwLock<Arc<WorkflowPolicy>>>);
+
+impl From<WorkflowPolicy> for PolicyHandle {
+    fn from(p: WorkflowPolicy) -> Self {
+        PolicyHandle(Arc::new(RwLock::new(Arc::new(p))))
+    }
+}
+
+impl PolicyHandle {
+    /// The policy in force now.
+    pub fn current(&self) -> Arc<WorkflowPolicy> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Puts `p` in force.
+    pub fn replace(&self, p: WorkflowPolicy) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(p);
+    }
+}
+
+/// What a look at the policy file found (pure: [`Reload::check`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// The file says what it said at the last look: nothing to do.
+    Unchanged,
+    /// A new valid policy: put it in force.
+    Loaded(WorkflowPolicy),
+    /// The file changed but is not a valid policy: the last good policy stays in force.
+    Invalid(String),
+}
+
+/// Follows the policy file by its content, not its timestamps or inode: a ConfigMap volume
+/// changes by swapping a symlink (`..data`), which leaves the file's own path and often its
+/// times unchanged, and a content compare also ignores touches and rewrites with the same text.
+#[derive(Debug, Default)]
+pub struct Reload {
+    last_seen: Option<String>,
+}
+
+impl Reload {
+    /// A reloader that has already seen `text` (the file as read at start).
+    pub fn from_start(text: &str) -> Self {
+        Reload {
+            last_seen: Some(text.to_string()),
+        }
+    }
+
+    /// Decides what the file's current `text` means. A bad text is reported once per distinct
+    /// content (the caller logs and counts it), not at every look.
+    pub fn check(&mut self, text: &str) -> ReloadOutcome {
+        if self.last_seen.as_deref() == Some(text) {
+            return ReloadOutcome::Unchanged;
+        }
+        self.last_seen = Some(text.to_string());
+        match WorkflowPolicy::from_yaml(text) {
+            Ok(p) => ReloadOutcome::Loaded(p),
+            Err(e) => ReloadOutcome::Invalid(e.to_string()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,5 +364,43 @@ workflows:
         ] {
             assert!(WorkflowPolicy::from_yaml(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn reloads_follow_the_content_and_keep_the_last_good_policy() {
+        let v1 = "default: {images: [\"registry.example.com/team/\"]}";
+        let v2 = "default: {images: [\"other.example.com/team/\"]}";
+        let mut reload = Reload::from_start(v1);
+        assert_eq!(reload.check(v1), ReloadOutcome::Unchanged);
+        let ReloadOutcome::Loaded(p) = reload.check(v2) else {
+            panic!("v2 is a valid policy");
+        };
+        assert_eq!(
+            p.default.images.as_deref(),
+            Some(&["other.example.com/team/".to_string()][..])
+        );
+        assert_eq!(reload.check(v2), ReloadOutcome::Unchanged);
+        // A bad file is reported once, then ignored until it changes again.
+        let ReloadOutcome::Invalid(why) = reload.check("default: {imagez: []}") else {
+            panic!("a typo is not a policy");
+        };
+        assert!(why.contains("imagez"), "{why}");
+        assert_eq!(
+            reload.check("default: {imagez: []}"),
+            ReloadOutcome::Unchanged
+        );
+        // Back to a good file: loaded again, even one seen before.
+        assert!(matches!(reload.check(v1), ReloadOutcome::Loaded(_)));
+    }
+
+    #[test]
+    fn a_handle_shares_replacements() {
+        let handle = PolicyHandle::default();
+        let controller = handle.clone();
+        assert!(controller.current().is_unrestricted());
+        handle.replace(
+            WorkflowPolicy::from_yaml("default: {serviceAccounts: [\"runner\"]}").unwrap(),
+        );
+        assert!(!controller.current().is_unrestricted());
     }
 }

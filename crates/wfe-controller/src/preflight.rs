@@ -42,7 +42,7 @@ pub async fn check(
 
 /// The refusal of `wfe` by the workflow policy alone (pure).
 pub fn refusal_by_policy(cfg: &ControllerConfig, wfe: &WorkflowExecution) -> Option<Refusal> {
-    let violations = cfg.policy.violations(&wfe.spec);
+    let violations = cfg.policy.current().violations(&wfe.spec);
     (!violations.is_empty()).then(|| Refusal {
         failure: Failure::new(
             FailureReason::ConfigurationError,

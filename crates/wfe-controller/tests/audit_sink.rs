@@ -1,6 +1,9 @@
 //! The HTTP audit sink against an HTTPS receiver signed by a private CA that demands a bearer
 //! token (issue #18): trusted through `--audit-ca-file`, authenticated with `--audit-token-file`,
-//! a rotated token is used at once, and a sink without the CA or with a wrong token is refused.
+//! a rotated token is used at once, and a sink without the CA or with a wrong token is refused;
+//! and an HTTPS receiver that demands a client certificate (mutual TLS): the sink proves who it is
+//! with `--audit-client-cert-file`/`--audit-client-key-file`, and a renewed certificate is used
+//! without a restart.
 
 use std::{
     path::PathBuf,
@@ -8,12 +11,12 @@ use std::{
     time::Duration,
 };
 
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, pem::PemObject};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wfe_controller::{
     AuditSink, HttpSink,
-    audit::{AuditEvent, HttpAuth},
+    audit::{AuditEvent, ClientCert, HttpAuth},
 };
 
 /// What the receiver accepted: batches of events.
@@ -126,6 +129,7 @@ async fn the_sink_trusts_a_private_ca_and_sends_a_rotating_bearer_token() {
     let auth = HttpAuth {
         ca_file: Some(ca_file.clone()),
         token_file: Some(token_file.clone()),
+        ..Default::default()
     };
 
     let sink = HttpSink::with_auth(&url, timeout, &auth).unwrap();
@@ -150,6 +154,7 @@ async fn the_sink_trusts_a_private_ca_and_sends_a_rotating_bearer_token() {
         &HttpAuth {
             ca_file: None,
             token_file: Some(token_file),
+            ..Default::default()
         },
     )
     .unwrap();
@@ -163,10 +168,193 @@ async fn the_sink_trusts_a_private_ca_and_sends_a_rotating_bearer_token() {
             timeout,
             &HttpAuth {
                 ca_file: Some(empty),
-                token_file: None
+                ..Default::default()
             }
         )
         .is_err()
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A CA that signs a server certificate for 127.0.0.1 and client certificates.
+struct Ca {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let issuer =
+            rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+                .unwrap();
+        Ca { issuer }
+    }
+
+    /// A leaf certificate and its key (PEM): a server's for `127.0.0.1`, or a client's.
+    fn leaf(&self, name: &str, server: bool) -> (String, String) {
+        let sans = if server {
+            vec!["127.0.0.1".to_string()]
+        } else {
+            vec![]
+        };
+        let mut params = rcgen::CertificateParams::new(sans).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.extended_key_usages = vec![if server {
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth
+        } else {
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth
+        }];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// An HTTPS receiver on loopback that completes the handshake only with a client certificate
+/// signed by `client_ca`, and then accepts every batch; returns its URL.
+async fn mtls_receiver(server_ca: &Ca, client_ca: &Ca, received: Received) -> String {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (cert, key) = server_ca.leaf("audit.test", true);
+    let cert = rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(client_ca.issuer.der().clone()).unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+        .build()
+        .unwrap();
+    let config = rustls::ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![cert], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, received) = (acceptor.clone(), received.clone());
+            tokio::spawn(async move {
+                // Without a client certificate signed by the client CA, the handshake fails.
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                loop {
+                    let n = tls.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..i]).to_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if buf.len() >= i + 4 + length {
+                        let batch: Vec<Value> =
+                            serde_json::from_slice(&buf[i + 4..i + 4 + length]).unwrap();
+                        received.lock().unwrap().push(batch);
+                        break;
+                    }
+                }
+                let _ = tls
+                    .write_all(
+                        b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    )
+                    .await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn the_sink_proves_who_it_is_with_a_client_certificate_and_picks_up_a_renewed_one() {
+    let server_ca = Ca::new("audit server CA");
+    let client_ca = Ca::new("audit client CA");
+    let impostor_ca = Ca::new("someone else's CA");
+    let received = Received::default();
+    let url = mtls_receiver(&server_ca, &client_ca, received.clone()).await;
+    let dir = std::env::temp_dir().join(format!("wfe-audit-mtls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_file = write(&dir, "ca.crt", &server_ca.issuer.pem());
+    let timeout = Duration::from_secs(5);
+
+    // With the certificate the receiver's CA signed: accepted.
+    let (cert, key) = client_ca.leaf("we-operator", false);
+    let client_cert = ClientCert {
+        cert_file: write(&dir, "tls.crt", &cert),
+        key_file: write(&dir, "tls.key", &key),
+    };
+    let auth = HttpAuth {
+        ca_file: Some(ca_file.clone()),
+        client_cert: Some(client_cert.clone()),
+        ..Default::default()
+    };
+    let sink = HttpSink::with_auth(&url, timeout, &auth).unwrap();
+    sink.send(&[event("m1")]).await.unwrap();
+    assert_eq!(received.lock().unwrap().len(), 1);
+
+    // Without a client certificate: the handshake fails, nothing is acknowledged.
+    let anonymous = HttpSink::with_auth(
+        &url,
+        timeout,
+        &HttpAuth {
+            ca_file: Some(ca_file.clone()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(anonymous.send(&[event("m2")]).await.is_err());
+
+    // The mounted Secret is replaced by a certificate of another CA: refused, and replaced again
+    // by a renewed certificate of the right CA: accepted, without a new sink (no restart).
+    std::thread::sleep(Duration::from_millis(20));
+    let (cert, key) = impostor_ca.leaf("we-operator", false);
+    write(&dir, "tls.crt", &cert);
+    write(&dir, "tls.key", &key);
+    assert!(sink.send(&[event("m3")]).await.is_err());
+    std::thread::sleep(Duration::from_millis(20));
+    let (cert, key) = client_ca.leaf("we-operator", false);
+    write(&dir, "tls.crt", &cert);
+    write(&dir, "tls.key", &key);
+    sink.send(&[event("m4")]).await.unwrap();
+    let got = received.lock().unwrap().clone();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[1][0]["event_id"], "m4");
+
+    // A key that is not a key is refused at start, naming the files.
+    let bad = write(&dir, "bad.key", "not a key");
+    let err = HttpSink::with_auth(
+        &url,
+        timeout,
+        &HttpAuth {
+            client_cert: Some(ClientCert {
+                cert_file: client_cert.cert_file.clone(),
+                key_file: bad,
+            }),
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("bad.key"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -279,6 +279,114 @@ async fn past_the_deadline() {
     assert!(f.message.contains("timeout of 3s"), "{}", f.message);
 }
 
+/// Records the path and `Accept` header of every request of a client.
+#[derive(Clone, Default)]
+struct Recorder(std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>);
+
+impl<S> tower::Layer<S> for Recorder {
+    type Service = Recording<S>;
+    fn layer(&self, inner: S) -> Recording<S> {
+        Recording {
+            inner,
+            seen: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Recording<S> {
+    inner: S,
+    seen: Recorder,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Recording<S>
+where
+    S: tower::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let accept = req
+            .headers()
+            .get(http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        self.seen
+            .0
+            .lock()
+            .unwrap()
+            .push((req.uri().path().to_string(), accept));
+        self.inner.call(req)
+    }
+}
+
+/// Secrets are checked by metadata only (issue #18): every request the executor makes for a
+/// Secret asks the API server for `PartialObjectMetadata`, so the Secret's data never reaches
+/// the operator; the pre-flight check still finds the Secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_read_as_metadata_only() {
+    let e = env("job-secret-meta").await;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(e.client.clone(), &e.ns);
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "db-credentials"},
+        "stringData": {"password": "do-not-send-me"}
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let recorder = Recorder::default();
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(wfe_testing::kubeconfig_path()).unwrap(),
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    let client = kube::client::ClientBuilder::try_from(config)
+        .unwrap()
+        .with_layer(&recorder)
+        .build();
+    let exec = JobExecutor::new(
+        client,
+        JobConfig {
+            namespace: e.ns.clone(),
+            ..JobConfig::default()
+        },
+    );
+    let mut w = e
+        .wfe("needs-secret-meta", "production/Deployment/m", &[], None)
+        .await;
+    w.spec.workflow_ref.dependencies = Some(wfe_api::WorkflowDependencies {
+        secrets: vec![wfe_api::NamedDependency {
+            name: "db-credentials".into(),
+        }],
+        config_maps: vec![],
+    });
+    exec.create(&w).await.unwrap();
+    let seen = recorder.0.lock().unwrap().clone();
+    let secret_reads: Vec<_> = seen
+        .iter()
+        .filter(|(p, _)| p.contains("/secrets"))
+        .collect();
+    assert!(!secret_reads.is_empty(), "the Secret was checked: {seen:?}");
+    for (path, accept) in secret_reads {
+        assert!(
+            accept.contains("as=PartialObjectMetadata"),
+            "{path} asked for {accept:?}, not metadata only"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_secret_is_a_configuration_error() {
     let e = env("job-secret").await;

@@ -21,8 +21,9 @@ pub struct ControllerConfig {
     /// so the start-up peak of memory does not grow with page size. Needs an API server that
     /// serves WatchList (on by default in recent Kubernetes releases).
     pub streaming_lists: bool,
-    /// What a WorkflowExecution may ask for (crate::policy); the default restricts nothing.
-    pub policy: crate::policy::WorkflowPolicy,
+    /// What a WorkflowExecution may ask for (crate::policy), shared with the policy file's
+    /// reloader; the default restricts nothing.
+    pub policy: crate::policy::PolicyHandle,
     /// Delete finished WorkflowExecutions this long after they finished, unless something still
     /// needs them (crate::retention); `None` keeps them.
     pub retention: Option<Duration>,
@@ -36,7 +37,7 @@ impl Default for ControllerConfig {
             concurrency: 16,
             watch_namespace: None,
             streaming_lists: true,
-            policy: crate::policy::WorkflowPolicy::default(),
+            policy: crate::policy::PolicyHandle::default(),
             retention: None,
         }
     }

@@ -149,6 +149,18 @@ fn id_of(wfe: &WorkflowExecution) -> String {
     format!("{}/{}", wfe.namespace().unwrap_or_default(), wfe.name_any())
 }
 
+/// [`reconcile`] as kube-runtime's Controller calls it: measured by the reconcile metrics
+/// (result, duration, errors by category, reconciles in flight; [`metrics::Reconciling`]).
+pub async fn measured_reconcile(
+    wfe: Arc<WorkflowExecution>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let reconciling = metrics::Reconciling::start();
+    let result = reconcile(wfe, ctx).await;
+    reconciling.finish(&result, Error::category);
+    result
+}
+
 /// Reconciles one WorkflowExecution.
 pub async fn reconcile(wfe: Arc<WorkflowExecution>, ctx: Arc<Context>) -> Result<Action, Error> {
     let mut wfe = ctx.freshest(wfe);
@@ -177,9 +189,9 @@ pub async fn reconcile(wfe: Arc<WorkflowExecution>, ctx: Arc<Context>) -> Result
 /// What to do after a failed reconcile: a stale-copy conflict (expected with a lagging cache) is
 /// retried after 200 ms with the newest copy, anything else after 5 s. Fixed delays, not a
 /// growing backoff: every error here is either transient or retried by design (a status read
-/// that keeps failing shows as reconcile errors in the metrics and logs).
+/// that keeps failing shows as reconcile errors in the metrics and logs; [`measured_reconcile`]
+/// counts them).
 pub fn error_policy(wfe: Arc<WorkflowExecution>, error: &Error, _ctx: Arc<Context>) -> Action {
-    metrics::reconcile_error(error.category());
     match error {
         e if e.is_conflict() => {
             tracing::debug!(wfe = %id_of(&wfe), "stale copy; retrying with the latest");

@@ -134,7 +134,7 @@ impl Harness {
             concurrency: 8,
             watch_namespace: Some(ns.clone()),
             streaming_lists: true,
-            policy,
+            policy: policy.into(),
             retention: None,
         };
         Harness {
