@@ -787,7 +787,7 @@ async fn main() -> Result<()> {
         "==> calibration: single API calls on the idle API server (load average {load_before})"
     );
     workload::clean(&client).await?;
-    let calibration = probe::calibrate(&client, if args.quick { 10 } else { 50 }).await?;
+    let calibration = probe::calibrate(&client, &subject, if args.quick { 10 } else { 50 }).await?;
     for (k, v) in &calibration {
         eprintln!("    {k}: p50 {} ms, p95 {} ms", v.p50, v.p95);
     }

@@ -18,7 +18,7 @@ use kube::{
     api::{DeleteParams, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
-use wfe_api::{FINALIZER, WorkflowExecution};
+use wfe_api::WorkflowExecution;
 
 use crate::{
     operator,
@@ -212,8 +212,12 @@ pub fn usage(before: &Snapshot, after: &Snapshot, cpus: usize) -> Usage {
 }
 
 /// Latency of single API calls, one at a time, on the idle API server (no operator running).
-pub async fn calibrate(client: &Client, rounds: usize) -> Result<BTreeMap<String, Stats>> {
-    let wfes: Api<WorkflowExecution> = Api::namespaced(client.clone(), BENCH_NS);
+pub async fn calibrate(
+    client: &Client,
+    subject: &crate::subject::Subject,
+    rounds: usize,
+) -> Result<BTreeMap<String, Stats>> {
+    let wfes = crate::subject::executions(client);
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), BENCH_NS);
     let jobs: Api<Job> = Api::namespaced(client.clone(), EXEC_NS);
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), EXEC_NS);
@@ -229,16 +233,17 @@ pub async fn calibrate(client: &Client, rounds: usize) -> Result<BTreeMap<String
     for i in 0..rounds {
         let name = workload::name("calibrate", i);
         let t = Instant::now();
-        wfes.create(&pp, &workload::new_wfe(&name)).await?;
+        wfes.create(&pp, &serde_json::from_value(subject.execution(&name))?)
+            .await?;
         time("create workflowexecutions", t);
         let t = Instant::now();
         wfes.patch(
             &name,
             &merge,
-            &Patch::Merge(json!({"metadata": {"finalizers": [FINALIZER]}})),
+            &Patch::Merge(json!({"metadata": {"finalizers": ["kubernaut.ai/calibration"]}})),
         )
         .await?;
-        time("patch workflowexecutions (add the finalizer)", t);
+        time("patch workflowexecutions (add a finalizer)", t);
         let t = Instant::now();
         wfes.patch_status(
             &name,

@@ -42,20 +42,14 @@ async fn receive(
             Json(json!({"message": "the audit receiver is down"})),
         );
     }
-    let ids: Vec<Value> = batch
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            e.get("event_id")
-                .cloned()
-                .unwrap_or_else(|| json!(format!("received-{i}")))
-        })
+    let mut events = r.events.lock().unwrap_or_else(|e| e.into_inner());
+    // One id per event, shaped as a UUID as the sink's clients expect: its position in the store.
+    let ids: Vec<Value> = (events.len()..events.len() + batch.len())
+        .map(|i| json!(format!("00000000-0000-4000-8000-{i:012x}")))
         .collect();
     let n = ids.len();
-    r.events
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .extend(batch);
+    events.extend(batch);
+    drop(events);
     (
         StatusCode::CREATED,
         Json(json!({"event_ids": ids, "message": format!("{n} audit event(s) stored")})),

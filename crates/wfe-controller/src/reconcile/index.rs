@@ -2,7 +2,7 @@
 //! requests on a target.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
 };
 
@@ -10,7 +10,7 @@ use kube::{
     ResourceExt,
     runtime::reflector::{ObjectRef, Store},
 };
-use wfe_api::{TargetKey, WorkflowExecution};
+use wfe_api::{Phase, TargetKey, WorkflowExecution, conditions as cond};
 
 use super::id_of;
 use crate::guards::Prior;
@@ -30,6 +30,23 @@ struct IndexInner {
     map: HashMap<TargetKey, OnTarget>,
     /// Incremented when the watch lists again; entries not seen again are dropped at its end.
     epoch: u64,
+    /// Executions ready to be dispatched ([`ready_to_dispatch`]): the backlog that goes first
+    /// under saturation.
+    ready: HashSet<ObjectRef<WorkflowExecution>>,
+}
+
+/// Whether an execution waits for its dispatch and nothing but a free worker holds it back:
+/// `Pending` (or not looked at yet), not being deleted, not held by a guard (`Blocked`).
+pub fn ready_to_dispatch(wfe: &WorkflowExecution) -> bool {
+    wfe.phase() == Phase::Pending
+        && wfe.metadata.deletion_timestamp.is_none()
+        && wfe
+            .status
+            .as_ref()
+            .is_none_or(|s| s.execution_ref.is_none())
+        && !wfe
+            .condition(cond::BLOCKED)
+            .is_some_and(|c| c.status == "True")
 }
 
 #[derive(Debug, Default)]
@@ -49,6 +66,11 @@ impl TargetIndex {
     pub fn insert(&self, wfe: &WorkflowExecution) -> bool {
         let (r, id) = (key_of(wfe), id_of(wfe));
         let mut inner = self.inner();
+        if ready_to_dispatch(wfe) {
+            inner.ready.insert(r.clone());
+        } else {
+            inner.ready.remove(&r);
+        }
         let epoch = inner.epoch;
         let on = inner.map.entry(wfe.target_key()).or_default();
         on.live.retain(|(x, _)| *x != r);
@@ -69,6 +91,7 @@ impl TargetIndex {
     pub fn remove(&self, wfe: &WorkflowExecution) {
         let (r, id, key) = (key_of(wfe), id_of(wfe), wfe.target_key());
         let mut inner = self.inner();
+        inner.ready.remove(&r);
         if let Some(on) = inner.map.get_mut(&key) {
             on.live.retain(|(x, _)| *x != r);
             on.settled.retain(|(p, _, _)| p.id != id);
@@ -92,6 +115,33 @@ impl TargetIndex {
             on.settled.retain(|(_, _, e)| *e == epoch);
             !(on.live.is_empty() && on.settled.is_empty())
         });
+        let listed: HashSet<&ObjectRef<WorkflowExecution>> = inner
+            .map
+            .values()
+            .flat_map(|on| on.live.iter().map(|(r, _)| r))
+            .collect();
+        let ready = inner
+            .ready
+            .iter()
+            .filter(|r| listed.contains(r))
+            .cloned()
+            .collect();
+        inner.ready = ready;
+    }
+
+    /// How many executions are ready to be dispatched ([`ready_to_dispatch`]).
+    pub fn ready(&self) -> usize {
+        self.inner().ready.len()
+    }
+
+    /// Whether a WorkflowExecution other than `me` is cached on `key` (it may wait for the
+    /// target's lock).
+    pub fn others_live(&self, key: &TargetKey, me: &WorkflowExecution) -> bool {
+        let r = key_of(me);
+        self.inner()
+            .map
+            .get(key)
+            .is_some_and(|on| on.live.iter().any(|(x, _)| *x != r))
     }
 
     /// Guard summaries of every WorkflowExecution on a target; `fresh` maps a cached object to
@@ -213,6 +263,41 @@ mod tests {
         index.remove(&live);
         index.remove(&settled);
         assert!(index.is_empty());
+    }
+
+    #[test]
+    fn counts_what_is_ready_to_be_dispatched() {
+        let index = TargetIndex::default();
+        let new = wfe("a", "ns/Deployment/a", serde_json::json!(null));
+        let blocked = wfe(
+            "b",
+            "ns/Deployment/b",
+            serde_json::json!({"phase": "Pending", "conditions": [{"type": "Blocked", "status": "True",
+                "reason": "CooldownActive", "message": "m", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}),
+        );
+        let running = wfe(
+            "c",
+            "ns/Deployment/a",
+            serde_json::json!({"phase": "Running", "executionRef": {"kind": "Job", "name": "j", "namespace": "x"}}),
+        );
+        index.insert(&new);
+        index.insert(&blocked);
+        index.insert(&running);
+        assert_eq!(index.ready(), 1, "only the new one");
+        assert!(index.others_live(&new.target_key(), &new));
+        assert!(!index.others_live(&blocked.target_key(), &blocked));
+        let mut dispatched = new.clone();
+        dispatched.status = running.status.clone();
+        index.insert(&dispatched);
+        assert_eq!(index.ready(), 0);
+        index.insert(&new);
+        index.begin_relist();
+        index.insert(&blocked);
+        index.end_relist();
+        assert_eq!(index.ready(), 0, "a relist drops what it did not list");
+        index.insert(&new);
+        index.remove(&new);
+        assert_eq!(index.ready(), 0);
     }
 
     #[test]

@@ -39,7 +39,23 @@ impl Context {
                 &uid,
             );
             let now = self.now();
-            if now >= release_at {
+            let overdue = Duration::try_from(now.duration_since(release_at)).unwrap_or_default();
+            if now >= release_at
+                && dispatch_first(
+                    self.index.ready(),
+                    self.index.others_live(&wfe.target_key(), &wfe),
+                    overdue,
+                )
+            {
+                // Dispatching waiting work goes first; the release follows when the backlog is
+                // gone (or DEFER_AT_MOST after it was due).
+                tracing::debug!(
+                    name = %wfe.name_any(),
+                    ready = self.index.ready(),
+                    "lock release deferred: executions wait for their dispatch"
+                );
+                next = Some(next.map_or(DEFER_STEP, |n| n.min(DEFER_STEP)));
+            } else if now >= release_at {
                 self.release_lock(&wfe, Release::AfterCooldown).await?;
             } else {
                 let wait = Duration::try_from(release_at.duration_since(now)).unwrap_or_default()
@@ -92,6 +108,20 @@ impl Context {
     }
 }
 
+/// How often a deferred lock release looks again.
+const DEFER_STEP: Duration = Duration::from_secs(1);
+/// A due lock release waits at most this long for the dispatch backlog.
+const DEFER_AT_MOST: Duration = Duration::from_secs(15);
+
+/// What goes first under saturation: a due lock release (a Job delete, a status write and an
+/// Event: a third of an execution's requests) waits while other executions are ready to be
+/// dispatched ([`super::index::ready_to_dispatch`]), so that their dispatch gets the API server
+/// first. It does not wait when another execution is on the same target (it may wait for this
+/// very lock), nor longer than [`DEFER_AT_MOST`] after it was due.
+fn dispatch_first(ready: usize, others_on_target: bool, overdue: Duration) -> bool {
+    ready > 0 && !others_on_target && overdue < DEFER_AT_MOST
+}
+
 /// When the lock of an execution is released: `cooldown` after this process recorded the outcome
 /// (`recorded`), else (recorded by an earlier process) after `completed`, the status's
 /// `completionTime`. That has whole seconds, so those releases are spread over the following
@@ -121,6 +151,19 @@ fn release_spread(uid: &str) -> SignedDuration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dispatch_goes_first_but_not_forever_nor_on_a_contended_target() {
+        let s = Duration::from_secs;
+        assert!(dispatch_first(3, false, s(0)));
+        assert!(dispatch_first(1, false, s(14)));
+        assert!(!dispatch_first(0, false, s(0)), "nothing waits: release now");
+        assert!(
+            !dispatch_first(3, true, s(0)),
+            "another execution on the target may wait for this lock"
+        );
+        assert!(!dispatch_first(3, false, DEFER_AT_MOST), "deferred long enough");
+    }
 
     #[test]
     fn releases_follow_the_recorded_outcome_or_spread_after_the_completion_second() {
