@@ -374,10 +374,11 @@ fn timeout_is_a_go_duration() {
     for bad in ["soon", "0s", "500ms", "200h"] {
         let w = wfe(serde_json::json!({"executionConfig": {"timeout": bad}}));
         match build_pipeline_run(&w, &cfg()) {
-            Err(BuildError::Invalid { field, .. }) => {
-                assert_eq!(field, "spec.executionConfig.timeout", "{bad}")
+            Err(e @ BuildError::Timeout(_)) => {
+                assert_eq!(e.field(), "spec.executionConfig.timeout", "{bad}");
+                assert!(std::error::Error::source(&e).is_some(), "{bad}");
             }
-            Ok(_) => panic!("{bad} must be refused"),
+            other => panic!("{bad} must be refused as a timeout: {other:?}"),
         }
     }
 }

@@ -76,7 +76,7 @@ mod tests {
         assert_eq!(Error::Kube(api(409)).category(), "conflict");
         assert_eq!(Error::Kube(api(500)).category(), "kubernetes");
         let wrapped = Error::Finalizer(Box::new(F::ApplyFailed(Error::Executor(
-            ExecutorError::Transient("t".into()),
+            ExecutorError::transient("t"),
         ))));
         assert_eq!(wrapped.category(), "executor");
         let conflict = Error::Finalizer(Box::new(F::AddFinalizer(api(409))));
