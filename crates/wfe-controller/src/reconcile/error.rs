@@ -15,7 +15,7 @@ pub enum Error {
     Executor(#[from] ExecutorError),
     /// The finalizer helper failed.
     #[error("finalizer: {0}")]
-    Finalizer(Box<kube::runtime::finalizer::Error<Error>>),
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     /// Audit delivery failed; retried later.
     #[error("{0}")]
     Audit(#[from] audit::AuditError),
