@@ -18,7 +18,7 @@ use wfe_executor::{CreateOutcome, Executor};
 use wfe_job::{JobConfig, JobExecutor};
 
 /// Long enough for the controller to stop before the first execution's release is due.
-const COOLDOWN_MS: u64 = 8_000;
+const COOLDOWN_MS: u64 = 15_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_replaced_by_the_next_execution_is_released_on_its_owner() {
