@@ -7,12 +7,11 @@ mod common;
 
 use std::{process::Stdio, time::Duration};
 
-use common::{apply_file, as_user, free_port, grant, refusal, repo};
+use common::{admin_with_deploy, as_user, free_port, grant, refusal, repo};
 use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, Patch, PatchParams, PostParams},
     core::{ApiResource, DynamicObject, GroupVersionKind},
-    discovery::Discovery,
 };
 use serde_json::{Value, json};
 use wfe_api::{CLEARED_BY_ANNOTATION, CREATED_BY_ANNOTATION, Phase, WorkflowExecution, testing};
@@ -87,15 +86,7 @@ fn request(ns: &str, name: &str, annotations: Value) -> WorkflowExecution {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_server_stamps_who_created_and_who_cleared_and_refuses_forgeries() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let admin = wfe_testing::client().await;
-    let discovery = Discovery::new(admin.clone()).run().await.unwrap();
-    apply_file(
-        &admin,
-        &discovery,
-        &repo().join("deploy/admission-policies.yaml"),
-    )
-    .await;
+    let admin = admin_with_deploy(&["admission-policies.yaml"]).await;
     let ns = wfe_testing::namespace(&admin, "clearance").await;
     let exec_ns = wfe_testing::namespace(&admin, "clearance-exec").await;
     let bindings = bind_identity_policies(&admin, &ns).await;

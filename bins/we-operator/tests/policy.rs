@@ -11,7 +11,6 @@ use common::*;
 use kube::{
     Api,
     api::{DeleteParams, Patch, PatchParams, PostParams},
-    discovery::Discovery,
 };
 use serde_json::{Value, json};
 use wfe_api::{WorkflowExecution, testing};
@@ -40,13 +39,8 @@ fn failed_status() -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_operator_writes_status_and_a_blocking_execution_cannot_be_deleted() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let admin = wfe_testing::client().await;
-    let discovery = Discovery::new(admin.clone()).run().await.unwrap();
-    let deploy = repo().join("deploy");
-    for f in ["namespaces.yaml", "rbac.yaml", "admission-policies.yaml"] {
-        apply_file(&admin, &discovery, &deploy.join(f)).await;
-    }
+    let admin =
+        admin_with_deploy(&["namespaces.yaml", "rbac.yaml", "admission-policies.yaml"]).await;
     // Every verb on WorkflowExecutions and their status: RBAC alone would allow anything.
     grant(
         &admin,

@@ -128,6 +128,19 @@ pub async fn as_user(user: &str) -> Client {
     Client::try_from(config).unwrap()
 }
 
+/// The cluster administrator's client, after `deploy/<file>` is applied server-side for each
+/// of `files` (in order).
+pub async fn admin_with_deploy(files: &[&str]) -> Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let admin = wfe_testing::client().await;
+    let discovery = Discovery::new(admin.clone()).run().await.unwrap();
+    let deploy = repo().join("deploy");
+    for f in files {
+        apply_file(&admin, &discovery, &deploy.join(f)).await;
+    }
+    admin
+}
+
 /// Gives `user` the `verbs` on the kubernaut.ai `resources` in `ns`: a Role and a RoleBinding
 /// named `name`, applied server-side. RBAC alone then allows what the admission policies must
 /// refuse.
