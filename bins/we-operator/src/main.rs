@@ -43,7 +43,7 @@ enum LogFormat {
     Plain,
 }
 
-fn duration(text: &str) -> Result<Duration, String> {
+fn duration(text: &str) -> Result<Duration, wfe_api::DurationError> {
     wfe_api::parse_duration(text)
 }
 

@@ -29,7 +29,7 @@ use kube::{
     runtime::{WatchStreamExt, watcher},
 };
 use serde_json::json;
-use wfe_api::{FailureReason, Phase, WorkflowExecution};
+use wfe_api::{FailureReason, Phase, WorkflowExecution, testing};
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -40,23 +40,24 @@ fn env_usize(name: &str, default: usize) -> usize {
 
 fn request(i: usize) -> WorkflowExecution {
     let fails = i % 3 == 2;
-    let mut params = json!({"KWOK_RUN_FOR": format!("{}ms", 300 + (i % 7) * 250)});
+    let mut fixture = testing::wfe(&format!("chaos-{i:04}"))
+        .namespace(SYSTEM_NS)
+        .uid(None)
+        .workflow("chaos")
+        .image(&format!("registry.example.com/chaos@{}", testing::DIGEST))
+        .target(&format!("chaos/Deployment/app-{i:04}"))
+        .spec(
+            "remediationRequestRef",
+            json!({"name": format!("rr-chaos-{i}")}),
+        )
+        .param("KWOK_RUN_FOR", &format!("{}ms", 300 + (i % 7) * 250));
     if fails {
-        params["KWOK_RESULT"] = json!("fail");
-        params["KWOK_EXIT_CODE"] = json!("2");
-        params["KWOK_MESSAGE"] = json!(format!("chaos failure {i}"));
+        fixture = fixture
+            .param("KWOK_RESULT", "fail")
+            .param("KWOK_EXIT_CODE", "2")
+            .param("KWOK_MESSAGE", &format!("chaos failure {i}"));
     }
-    serde_json::from_value(json!({
-        "apiVersion": "kubernaut.ai/v1alpha1", "kind": "WorkflowExecution",
-        "metadata": {"name": format!("chaos-{i:04}"), "namespace": SYSTEM_NS},
-        "spec": {"executionEngine": "job",
-                 "workflowRef": {"workflowId": "chaos", "version": "1",
-                                 "containerImage": format!("registry.example.com/chaos@sha256:{}", "c".repeat(64))},
-                 "targetResource": format!("chaos/Deployment/app-{i:04}"),
-                 "parameters": params,
-                 "remediationRequestRef": {"name": format!("rr-chaos-{i}")}}
-    }))
-    .unwrap()
+    fixture.build()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,66 +7,18 @@ mod common;
 
 use std::{process::Stdio, time::Duration};
 
-use common::{apply_file, as_user, free_port, repo};
-use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use common::{admin_with_deploy, as_user, free_port, grant, refusal, repo};
 use kube::{
     Api, Client, ResourceExt,
-    api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams},
+    api::{DeleteParams, Patch, PatchParams, PostParams},
     core::{ApiResource, DynamicObject, GroupVersionKind},
-    discovery::Discovery,
 };
 use serde_json::{Value, json};
-use wfe_api::{CLEARED_BY_ANNOTATION, CREATED_BY_ANNOTATION, Phase, WorkflowExecution};
+use wfe_api::{CLEARED_BY_ANNOTATION, CREATED_BY_ANNOTATION, Phase, WorkflowExecution, testing};
 use wfe_testing::audit::AuditReceiver;
 
 const REASON: &str =
     "the deployment manifest was fixed by the on-call engineer and verified in staging";
-
-/// `user` may create, read and patch WorkflowExecutions in `ns`: RBAC alone would let them write
-/// any annotation.
-async fn grant(client: &Client, ns: &str, user: &str) {
-    let name = format!("wfe-{user}");
-    let pp = PatchParams::apply("wfe-clearance-test").force();
-    let role = Role {
-        metadata: ObjectMeta {
-            name: Some(name.clone()),
-            ..Default::default()
-        },
-        rules: Some(vec![PolicyRule {
-            api_groups: Some(vec!["kubernaut.ai".into()]),
-            resources: Some(vec!["workflowexecutions".into()]),
-            verbs: ["get", "list", "watch", "create", "patch", "update"]
-                .map(String::from)
-                .to_vec(),
-            ..Default::default()
-        }]),
-    };
-    Api::<Role>::namespaced(client.clone(), ns)
-        .patch(&name, &pp, &Patch::Apply(&role))
-        .await
-        .unwrap();
-    let binding = RoleBinding {
-        metadata: ObjectMeta {
-            name: Some(name.clone()),
-            ..Default::default()
-        },
-        role_ref: RoleRef {
-            api_group: Some("rbac.authorization.k8s.io".into()),
-            kind: "Role".into(),
-            name: name.clone(),
-        },
-        subjects: Some(vec![Subject {
-            kind: "User".into(),
-            name: user.into(),
-            api_group: Some("rbac.authorization.k8s.io".into()),
-            ..Default::default()
-        }]),
-    };
-    Api::<RoleBinding>::namespaced(client.clone(), ns)
-        .patch(&name, &pp, &Patch::Apply(&binding))
-        .await
-        .unwrap();
-}
 
 /// Binds the shipped identity policies (two mutating, one validating) to `ns` too, the way an
 /// admin binds them to a watched namespace other than `kubernaut-system`.
@@ -122,41 +74,33 @@ async fn bind_identity_policies(client: &Client, ns: &str) -> Vec<(Api<DynamicOb
 fn request(ns: &str, name: &str, annotations: Value) -> WorkflowExecution {
     // A tag-only Job image: the operator fails it before execution, so there is a failed
     // WorkflowExecution to clear without running anything.
-    serde_json::from_value(json!({
-        "apiVersion": "kubernaut.ai/v1alpha1", "kind": "WorkflowExecution",
-        "metadata": {"name": name, "namespace": ns, "annotations": annotations},
-        "spec": {"executionEngine": "job",
-                 "workflowRef": {"workflowId": "w", "version": "1", "containerImage": "registry.example.com/w:v1"},
-                 "targetResource": "prod/Deployment/app", "remediationRequestRef": {"name": "rr"}}
-    }))
-    .unwrap()
-}
-
-/// The HTTP code and message of a refused request; panics when it was allowed.
-fn refusal<T>(what: &str, r: Result<T, kube::Error>) -> (u16, String) {
-    match r {
-        Ok(_) => panic!("{what} was accepted"),
-        Err(kube::Error::Api(e)) => (e.code, e.message),
-        Err(e) => panic!("{what}: unexpected error {e}"),
-    }
+    testing::wfe(name)
+        .namespace(ns)
+        .uid(None)
+        .meta("annotations", annotations)
+        .workflow("w")
+        .image("registry.example.com/w:v1")
+        .target("prod/Deployment/app")
+        .build()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_server_stamps_who_created_and_who_cleared_and_refuses_forgeries() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let admin = wfe_testing::client().await;
-    let discovery = Discovery::new(admin.clone()).run().await.unwrap();
-    apply_file(
-        &admin,
-        &discovery,
-        &repo().join("deploy/admission-policies.yaml"),
-    )
-    .await;
+    let admin = admin_with_deploy(&["admission-policies.yaml"]).await;
     let ns = wfe_testing::namespace(&admin, "clearance").await;
     let exec_ns = wfe_testing::namespace(&admin, "clearance-exec").await;
     let bindings = bind_identity_policies(&admin, &ns).await;
     for user in ["alice", "mallory"] {
-        grant(&admin, &ns, user).await;
+        // RBAC alone would let them write any annotation.
+        grant(
+            &admin,
+            &ns,
+            user,
+            &format!("wfe-{user}"),
+            &["workflowexecutions"],
+            &["get", "list", "watch", "create", "patch", "update"],
+        )
+        .await;
     }
     let alice: Api<WorkflowExecution> = Api::namespaced(as_user("alice").await, &ns);
     let mallory: Api<WorkflowExecution> = Api::namespaced(as_user("mallory").await, &ns);

@@ -408,14 +408,12 @@ async fn deploy_applies_server_side_and_pods_are_admitted_as_restricted() {
         .expect("operator pod admitted");
 
     // A workflow Job's pod is admitted too, and a privileged one is refused (the check is real).
-    let wfe: WorkflowExecution = serde_json::from_value(serde_json::json!({
-        "apiVersion": "kubernaut.ai/v1alpha1", "kind": "WorkflowExecution",
-        "metadata": {"name": "admission", "namespace": "kubernaut-system", "uid": "00000000-0000-0000-0000-000000000001"},
-        "spec": {"executionEngine": "job",
-                 "workflowRef": {"workflowId": "w", "version": "1", "containerImage": format!("r.example/x@sha256:{}", "a".repeat(64))},
-                 "targetResource": "production/Deployment/my-app", "remediationRequestRef": {"name": "rr"}}
-    }))
-    .unwrap();
+    let wfe = wfe_api::testing::wfe("admission")
+        .namespace("kubernaut-system")
+        .uid(Some("00000000-0000-0000-0000-000000000001"))
+        .workflow("w")
+        .target("production/Deployment/my-app")
+        .build();
     let job = wfe_job::build_job(&wfe, &wfe_job::JobConfig::default()).unwrap();
     let t = job.spec.unwrap().template;
     let mut pod = Pod {

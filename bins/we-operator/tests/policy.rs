@@ -8,79 +8,28 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use kube::{
-    Api, Client,
-    api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams},
-    discovery::Discovery,
+    Api,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
 };
 use serde_json::{Value, json};
-use wfe_api::WorkflowExecution;
+use wfe_api::{WorkflowExecution, testing};
 
 const OPERATOR: &str = "system:serviceaccount:kubernaut-system:we-operator";
 const INTRUDER: &str = "wfe-policy-intruder";
 
-/// Every verb on WorkflowExecutions and their status in `ns`: RBAC alone would allow anything.
-async fn grant_everything(client: &Client, ns: &str, user: &str) {
-    let name = format!("{user}-all");
-    let role = Role {
-        metadata: ObjectMeta {
-            name: Some(name.clone()),
-            ..Default::default()
-        },
-        rules: Some(vec![PolicyRule {
-            api_groups: Some(vec!["kubernaut.ai".into()]),
-            resources: Some(vec![
-                "workflowexecutions".into(),
-                "workflowexecutions/status".into(),
-            ]),
-            verbs: [
-                "get", "list", "watch", "create", "update", "patch", "delete",
-            ]
-            .map(String::from)
-            .to_vec(),
-            ..Default::default()
-        }]),
-    };
-    let binding = RoleBinding {
-        metadata: ObjectMeta {
-            name: Some(name.clone()),
-            ..Default::default()
-        },
-        role_ref: RoleRef {
-            api_group: Some("rbac.authorization.k8s.io".into()),
-            kind: "Role".into(),
-            name: name.clone(),
-        },
-        subjects: Some(vec![Subject {
-            kind: "User".into(),
-            name: user.into(),
-            api_group: Some("rbac.authorization.k8s.io".into()),
-            ..Default::default()
-        }]),
-    };
-    let pp = PatchParams::apply("wfe-policy-test").force();
-    Api::<Role>::namespaced(client.clone(), ns)
-        .patch(&name, &pp, &Patch::Apply(&role))
-        .await
-        .unwrap();
-    Api::<RoleBinding>::namespaced(client.clone(), ns)
-        .patch(&name, &pp, &Patch::Apply(&binding))
-        .await
-        .unwrap();
-}
-
 fn request(name: &str) -> WorkflowExecution {
-    serde_json::from_value(json!({
-        "apiVersion": "kubernaut.ai/v1alpha1", "kind": "WorkflowExecution",
-        "metadata": {"name": name, "namespace": SYSTEM_NS},
-        "spec": {"executionEngine": "job",
-                 "workflowRef": {"workflowId": "restart", "version": "1",
-                                 "containerImage": format!("registry.example.com/restart@sha256:{}", "a".repeat(64))},
-                 "targetResource": format!("production/Deployment/{name}"),
-                 "remediationRequestRef": {"name": format!("rr-{name}")}}
-    }))
-    .unwrap()
+    testing::wfe(name)
+        .namespace(SYSTEM_NS)
+        .uid(None)
+        .workflow("restart")
+        .image(&format!("registry.example.com/restart@{}", testing::DIGEST))
+        .target(&format!("production/Deployment/{name}"))
+        .spec(
+            "remediationRequestRef",
+            json!({"name": format!("rr-{name}")}),
+        )
+        .build()
 }
 
 fn failed_status() -> Value {
@@ -88,25 +37,22 @@ fn failed_status() -> Value {
         "failureDetails": {"reason": "TaskFailed", "message": "exit code 2", "wasExecutionFailure": true}}})
 }
 
-/// The HTTP code and message of a refused request, or `None` when it was allowed.
-fn refused<T>(r: Result<T, kube::Error>) -> Option<(u16, String)> {
-    match r {
-        Ok(_) => None,
-        Err(kube::Error::Api(e)) => Some((e.code, e.message)),
-        Err(e) => panic!("unexpected error: {e}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_operator_writes_status_and_a_blocking_execution_cannot_be_deleted() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let admin = wfe_testing::client().await;
-    let discovery = Discovery::new(admin.clone()).run().await.unwrap();
-    let deploy = repo().join("deploy");
-    for f in ["namespaces.yaml", "rbac.yaml", "admission-policies.yaml"] {
-        apply_file(&admin, &discovery, &deploy.join(f)).await;
-    }
-    grant_everything(&admin, SYSTEM_NS, INTRUDER).await;
+    let admin =
+        admin_with_deploy(&["namespaces.yaml", "rbac.yaml", "admission-policies.yaml"]).await;
+    // Every verb on WorkflowExecutions and their status: RBAC alone would allow anything.
+    grant(
+        &admin,
+        SYSTEM_NS,
+        INTRUDER,
+        &format!("{INTRUDER}-all"),
+        &["workflowexecutions", "workflowexecutions/status"],
+        &[
+            "get", "list", "watch", "create", "update", "patch", "delete",
+        ],
+    )
+    .await;
     let suffix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -182,8 +128,10 @@ async fn only_the_operator_writes_status_and_a_blocking_execution_cannot_be_dele
         },
     )
     .await;
-    let (code, message) = refused(intruder.delete(&a, &DeleteParams::default()).await)
-        .expect("the deletion is refused");
+    let (code, message) = refusal(
+        "deleting the blocking execution",
+        intruder.delete(&a, &DeleteParams::default()).await,
+    );
     assert_eq!(code, 403, "{message}");
     assert!(
         message.contains("blocks its target") && message.contains("clear the block first"),

@@ -43,9 +43,10 @@ pub use engine::ExecutionEngine;
 pub use target::{TargetError, TargetKey, TargetResource};
 pub use types::*;
 pub use validate::{
-    DEFAULT_TIMEOUT, FieldError, MAX_PARAMETERS_BYTES, MAX_TIMEOUT, RESERVED_PARAMETER_NAMES,
-    RESERVED_PARAMETER_PREFIX, ValidationError, check_image_reference, format_duration,
-    is_digest_pinned, is_dns_subdomain, is_env_name, is_reserved_parameter, parse_duration,
+    DEFAULT_TIMEOUT, DurationError, FieldError, ImageReferenceError, MAX_PARAMETERS_BYTES,
+    MAX_TIMEOUT, RESERVED_PARAMETER_NAMES, RESERVED_PARAMETER_PREFIX, TimeoutError,
+    ValidationError, check_image_reference, format_duration, is_digest_pinned, is_dns_subdomain,
+    is_env_name, is_reserved_parameter, parse_duration,
 };
 
 /// API group.

@@ -99,6 +99,11 @@ impl Fixture {
         self.set(&["spec", "workflowRef", "containerImage"], json!(image))
     }
 
+    /// Any other `spec.workflowRef` field, as JSON (`version`, `dependencies`, …).
+    pub fn workflow_ref(self, field: &str, value: Value) -> Self {
+        self.set(&["spec", "workflowRef", field], value)
+    }
+
     /// One parameter.
     pub fn param(self, key: &str, value: &str) -> Self {
         self.set(&["spec", "parameters", key], json!(value))
@@ -107,6 +112,14 @@ impl Fixture {
     /// Any other spec field, as JSON (`executionConfig`, `workflowRef.dependencies`, …).
     pub fn spec(self, field: &str, value: Value) -> Self {
         self.set(&["spec", field], value)
+    }
+
+    /// Without the spec field `field` (e.g. `executionEngine`, to get the default engine).
+    pub fn unset_spec(mut self, field: &str) -> Self {
+        if let Some(spec) = self.value["spec"].as_object_mut() {
+            spec.remove(field);
+        }
+        self
     }
 
     /// The status, as JSON.

@@ -17,18 +17,13 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const MAX_PARAMETERS_BYTES: usize = 256 * 1024;
 
 /// One problem with a spec, naming the field.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
 pub struct FieldError {
     /// JSON path of the field, e.g. `spec.parameters[bad-key]`.
     pub field: String,
     /// What is wrong.
     pub message: String,
-}
-
-impl fmt::Display for FieldError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.message)
-    }
 }
 
 /// All problems with a spec.
@@ -77,15 +72,41 @@ pub fn is_digest_pinned(image: &str) -> bool {
     }
 }
 
+/// Why an image reference is malformed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ImageReferenceError {
+    /// Nothing (or only `oci://`).
+    #[error("must not be empty")]
+    Empty,
+    /// Spaces, newlines or other control characters.
+    #[error("must not contain whitespace or control characters")]
+    Whitespace,
+    /// A digest without `<algorithm>:`.
+    #[error("digest {0:?} must be <algorithm>:<hex>")]
+    DigestShape(String),
+    /// A digest with an empty algorithm or a hex part that is not hex.
+    #[error("digest {0:?} is malformed")]
+    Digest(String),
+    /// An empty repository, or one with empty path components.
+    #[error("repository {0:?} is malformed")]
+    Repository(String),
+    /// A repository path with characters a registry does not accept.
+    #[error("repository {0:?} must be lower-case letters, digits and . _ -")]
+    RepositoryCharacters(String),
+    /// An empty, too long or ill-formed tag.
+    #[error("tag {0:?} is malformed")]
+    Tag(String),
+}
+
 /// Checks the shape of an OCI reference: `[registry/]repository[:tag][@digest]` with no spaces or
 /// control characters.
-pub fn check_image_reference(image: &str) -> Result<(), String> {
+pub fn check_image_reference(image: &str) -> Result<(), ImageReferenceError> {
     let image = image.strip_prefix("oci://").unwrap_or(image);
     if image.is_empty() {
-        return Err("must not be empty".into());
+        return Err(ImageReferenceError::Empty);
     }
     if image.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err("must not contain whitespace or control characters".into());
+        return Err(ImageReferenceError::Whitespace);
     }
     let (name, digest) = match image.split_once('@') {
         Some((n, d)) => (n, Some(d)),
@@ -93,10 +114,10 @@ pub fn check_image_reference(image: &str) -> Result<(), String> {
     };
     if let Some(d) = digest {
         let Some((alg, hex)) = d.split_once(':') else {
-            return Err(format!("digest {d:?} must be <algorithm>:<hex>"));
+            return Err(ImageReferenceError::DigestShape(d.to_string()));
         };
         if alg.is_empty() || hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(format!("digest {d:?} is malformed"));
+            return Err(ImageReferenceError::Digest(d.to_string()));
         }
     }
     // A tag follows the last ':' after the last '/'.
@@ -106,7 +127,7 @@ pub fn check_image_reference(image: &str) -> Result<(), String> {
         None => (name, None),
     };
     if repo.is_empty() || repo.starts_with('/') || repo.ends_with('/') || repo.contains("//") {
-        return Err(format!("repository {repo:?} is malformed"));
+        return Err(ImageReferenceError::Repository(repo.to_string()));
     }
     let path_ok = repo
         .split('/')
@@ -117,9 +138,7 @@ pub fn check_image_reference(image: &str) -> Result<(), String> {
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
         });
     if !path_ok {
-        return Err(format!(
-            "repository {repo:?} must be lower-case letters, digits and . _ -"
-        ));
+        return Err(ImageReferenceError::RepositoryCharacters(repo.to_string()));
     }
     if let Some(t) = tag
         && (t.is_empty()
@@ -128,16 +147,38 @@ pub fn check_image_reference(image: &str) -> Result<(), String> {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)))
     {
-        return Err(format!("tag {t:?} is malformed"));
+        return Err(ImageReferenceError::Tag(t.to_string()));
     }
     Ok(())
 }
 
+/// Why a text is not a duration.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    /// Nothing but whitespace.
+    #[error("empty duration")]
+    Empty,
+    /// A part that is not a number followed by a unit.
+    #[error("invalid duration {0:?}")]
+    Invalid(String),
+    /// A unit other than `ns`, `us`, `µs`, `ms`, `s`, `m`, `h`.
+    #[error("invalid unit {unit:?} in duration {text:?}")]
+    Unit {
+        /// The unit.
+        unit: String,
+        /// The whole text.
+        text: String,
+    },
+    /// More than 10¹² seconds.
+    #[error("duration {0:?} is too large")]
+    TooLarge(String),
+}
+
 /// Parses a Go-style duration (`30m`, `1h30m`, `45s`, `1.5h`, `500ms`).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     let s = text.trim();
     if s.is_empty() {
-        return Err("empty duration".into());
+        return Err(DurationError::Empty);
     }
     if s == "0" {
         return Ok(Duration::ZERO);
@@ -149,11 +190,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(rest.len());
         if num_len == 0 {
-            return Err(format!("invalid duration {text:?}"));
+            return Err(DurationError::Invalid(text.to_string()));
         }
         let value: f64 = rest[..num_len]
             .parse()
-            .map_err(|_| format!("invalid duration {text:?}"))?;
+            .map_err(|_| DurationError::Invalid(text.to_string()))?;
         rest = &rest[num_len..];
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit() || c == '.')
@@ -165,13 +206,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "s" => 1.0,
             "m" => 60.0,
             "h" => 3600.0,
-            other => return Err(format!("invalid unit {other:?} in duration {text:?}")),
+            other => {
+                return Err(DurationError::Unit {
+                    unit: other.to_string(),
+                    text: text.to_string(),
+                });
+            }
         };
         rest = &rest[unit_len..];
         total += value * factor;
     }
     if !total.is_finite() || total > 1e12 {
-        return Err(format!("duration {text:?} is too large"));
+        return Err(DurationError::TooLarge(text.to_string()));
     }
     Ok(Duration::from_secs_f64(total))
 }
@@ -189,9 +235,23 @@ pub fn format_duration(d: Duration) -> String {
     }
 }
 
+/// Why `executionConfig.timeout` is not a usable timeout.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TimeoutError {
+    /// Not a duration; the message is the parse error's.
+    #[error("{0}")]
+    Parse(#[source] DurationError),
+    /// Under one second.
+    #[error("timeout {0:?} must be at least 1s")]
+    TooShort(String),
+    /// Over 168 hours.
+    #[error("timeout {0:?} must be at most 168h")]
+    TooLong(String),
+}
+
 impl WorkflowExecutionSpec {
     /// The execution timeout (default 30 minutes).
-    pub fn timeout(&self) -> Result<Duration, String> {
+    pub fn timeout(&self) -> Result<Duration, TimeoutError> {
         match self
             .execution_config
             .as_ref()
@@ -199,11 +259,11 @@ impl WorkflowExecutionSpec {
         {
             None => Ok(DEFAULT_TIMEOUT),
             Some(t) => {
-                let d = parse_duration(t)?;
+                let d = parse_duration(t).map_err(TimeoutError::Parse)?;
                 if d < Duration::from_secs(1) {
-                    Err(format!("timeout {t:?} must be at least 1s"))
+                    Err(TimeoutError::TooShort(t.to_string()))
                 } else if d > MAX_TIMEOUT {
-                    Err(format!("timeout {t:?} must be at most 168h"))
+                    Err(TimeoutError::TooLong(t.to_string()))
                 } else {
                     Ok(d)
                 }
@@ -226,7 +286,7 @@ impl WorkflowExecutionSpec {
             errors.push(err("spec.workflowRef.workflowId", "must not be empty"));
         }
         if let Err(e) = check_image_reference(&wr.container_image) {
-            errors.push(err("spec.workflowRef.containerImage", e));
+            errors.push(err("spec.workflowRef.containerImage", e.to_string()));
         }
         if let Some(deps) = &wr.dependencies {
             for (kind, list) in [
@@ -270,7 +330,7 @@ impl WorkflowExecutionSpec {
             ));
         }
         if let Err(e) = self.timeout() {
-            errors.push(err("spec.executionConfig.timeout", e));
+            errors.push(err("spec.executionConfig.timeout", e.to_string()));
         }
         if let Some(sa) = self
             .execution_config
@@ -379,6 +439,42 @@ mod tests {
         ] {
             assert!(check_image_reference(bad).is_err(), "{bad:?}");
         }
+        // The messages users see in `ConfigurationError` conditions.
+        for (bad, message) in [
+            ("", "must not be empty"),
+            ("a b", "must not contain whitespace or control characters"),
+            ("x@sha256", "digest \"sha256\" must be <algorithm>:<hex>"),
+            ("x@sha256:zz", "digest \"sha256:zz\" is malformed"),
+            ("x//y", "repository \"x//y\" is malformed"),
+            (
+                "Busybox",
+                "repository \"Busybox\" must be lower-case letters, digits and . _ -",
+            ),
+            ("x:tag!", "tag \"tag!\" is malformed"),
+        ] {
+            let e = check_image_reference(bad).unwrap_err();
+            assert_eq!(e.to_string(), message, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_timeout_that_is_no_duration_keeps_the_parse_error_as_its_source() {
+        use std::error::Error as _;
+        let e = TimeoutError::Parse(parse_duration("5x").unwrap_err());
+        assert_eq!(e.to_string(), "invalid unit \"x\" in duration \"5x\"");
+        let source = e.source().and_then(|s| s.downcast_ref::<DurationError>());
+        assert_eq!(
+            source,
+            Some(&DurationError::Unit {
+                unit: "x".into(),
+                text: "5x".into()
+            })
+        );
+        assert_eq!(parse_duration(" "), Err(DurationError::Empty));
+        assert_eq!(
+            parse_duration("h").unwrap_err().to_string(),
+            "invalid duration \"h\""
+        );
     }
 
     #[test]

@@ -57,7 +57,7 @@ pub struct WorkflowPolicy {
 pub enum PolicyError {
     /// Not YAML of the expected shape.
     #[error("workflow policy: {0}")]
-    Parse(String),
+    Parse(#[source] serde_yaml::Error),
     /// An image entry that could never match.
     #[error(
         "workflow policy: image entry {0:?} must name a registry and a repository or prefix (e.g. registry.example.com/team/)"
@@ -88,8 +88,7 @@ fn quoted(list: &[String]) -> String {
 impl WorkflowPolicy {
     /// Parses and checks a policy (YAML or JSON).
     pub fn from_yaml(text: &str) -> Result<Self, PolicyError> {
-        let p: WorkflowPolicy =
-            serde_yaml::from_str(text).map_err(|e| PolicyError::Parse(e.to_string()))?;
+        let p: WorkflowPolicy = serde_yaml::from_str(text).map_err(PolicyError::Parse)?;
         for rules in std::iter::once(&p.default).chain(p.workflows.values()) {
             for image in rules.images.iter().flatten() {
                 let repo = image.trim_end_matches('/');

@@ -191,62 +191,37 @@ pub struct Violation {
 #[macro_export]
 macro_rules! conformance_tests {
     ($subject:ty) => {
+        $crate::__conformance_tests! { $subject;
+            name_and_labels => NameAndLabels,
+            owner_reference => OwnerReference,
+            idempotent_create => IdempotentCreate,
+            held_by_another_owner => HeldByAnotherOwner,
+            stale_replacement => StaleReplacement,
+            refuses_unlabelled => RefusesUnlabelled,
+            owner_only_delete => OwnerOnlyDelete,
+            watch_wakes_the_owner => WatchWakesTheOwner,
+            initial_summary => InitialSummary,
+            cancellation => Cancellation,
+            status_success => Success,
+            status_failure => Failure,
+        }
+    };
+}
+
+/// One `#[test]` per `test => Rule` pair (what [`conformance_tests!`] expands to).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_tests {
+    ($subject:ty; $($test:ident => $rule:ident,)*) => {
         #[allow(unused_imports)]
         mod conformance {
             use super::*;
-
-            fn check(rule: $crate::conformance::Rule) {
-                $crate::conformance::check::<$subject>(rule)
-            }
-
-            #[test]
-            fn name_and_labels() {
-                check($crate::conformance::Rule::NameAndLabels)
-            }
-            #[test]
-            fn owner_reference() {
-                check($crate::conformance::Rule::OwnerReference)
-            }
-            #[test]
-            fn idempotent_create() {
-                check($crate::conformance::Rule::IdempotentCreate)
-            }
-            #[test]
-            fn held_by_another_owner() {
-                check($crate::conformance::Rule::HeldByAnotherOwner)
-            }
-            #[test]
-            fn stale_replacement() {
-                check($crate::conformance::Rule::StaleReplacement)
-            }
-            #[test]
-            fn refuses_unlabelled() {
-                check($crate::conformance::Rule::RefusesUnlabelled)
-            }
-            #[test]
-            fn owner_only_delete() {
-                check($crate::conformance::Rule::OwnerOnlyDelete)
-            }
-            #[test]
-            fn watch_wakes_the_owner() {
-                check($crate::conformance::Rule::WatchWakesTheOwner)
-            }
-            #[test]
-            fn initial_summary() {
-                check($crate::conformance::Rule::InitialSummary)
-            }
-            #[test]
-            fn cancellation() {
-                check($crate::conformance::Rule::Cancellation)
-            }
-            #[test]
-            fn status_success() {
-                check($crate::conformance::Rule::Success)
-            }
-            #[test]
-            fn status_failure() {
-                check($crate::conformance::Rule::Failure)
-            }
+            $(
+                #[test]
+                fn $test() {
+                    $crate::conformance::check::<$subject>($crate::conformance::Rule::$rule)
+                }
+            )*
         }
     };
 }
@@ -889,10 +864,7 @@ mod tests {
         let body = &source[start..];
         for rule in Rule::ALL {
             assert!(
-                body.contains(&format!(
-                    "fn {}() {{\n                check($crate::conformance::Rule::{rule:?})",
-                    rule.name()
-                )),
+                body.contains(&format!("            {} => {rule:?},\n", rule.name())),
                 "conformance_tests! must generate {}",
                 rule.name()
             );

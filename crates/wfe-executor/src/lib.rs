@@ -59,7 +59,7 @@ use wfe_api::{
     WorkflowExecution,
 };
 
-pub use error::{ExecutorError, is_already_exists, is_not_found};
+pub use error::{Cause, ExecutorError, is_already_exists, is_not_found};
 pub use naming::*;
 pub use registry::{EngineUnavailable, Registry};
 pub use resource::{ExecutionResource, ResourceClient};

@@ -463,9 +463,9 @@ async fn create<B: ExecutionResource>(
     let resources = backend.resources();
     let name = execution_name_for(wfe);
     let reference = resources.reference(&name);
-    let mut desired = backend
-        .build(wfe)
-        .map_err(|e| ExecutorError::Invalid(format!("build {}: {e}", resources.describe(&name))))?;
+    let mut desired = backend.build(wfe).map_err(|e| {
+        ExecutorError::invalid(format!("build {}: {e}", resources.describe(&name))).caused_by(e)
+    })?;
     stamp(desired.meta_mut(), wfe, resources.namespace());
     if let Err(e) = backend.preflight(wfe).await {
         // After a crash between create and the status write the object may exist already:
@@ -514,7 +514,7 @@ async fn create<B: ExecutionResource>(
                 }
                 tracing::info!(resource = %resources.describe(&name), previous_owner = %owner, round, "replacing the finished execution resource of another WorkflowExecution");
                 if !resources.remove_stale(&existing).await? {
-                    return Err(ExecutorError::Transient(format!(
+                    return Err(ExecutorError::transient(format!(
                         "{} of finished WorkflowExecution {owner} is still being deleted; retry later",
                         resources.describe(&name)
                     )));
@@ -522,7 +522,7 @@ async fn create<B: ExecutionResource>(
             }
         }
     }
-    Err(ExecutorError::Transient(format!(
+    Err(ExecutorError::transient(format!(
         "{} kept changing while it was being created ({CREATE_ROUNDS} attempts); retry later",
         resources.describe(&name)
     )))

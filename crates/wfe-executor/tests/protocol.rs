@@ -93,7 +93,7 @@ impl ExecutionResource for Probe {
 
     async fn preflight(&self, _wfe: &WorkflowExecution) -> Result<(), ExecutorError> {
         if self.preflight_fails.load(Ordering::SeqCst) {
-            return Err(ExecutorError::Invalid("a dependency is missing".into()));
+            return Err(ExecutorError::invalid("a dependency is missing"));
         }
         Ok(())
     }
@@ -158,7 +158,7 @@ async fn a_failed_preflight_still_adopts_an_owned_object() {
         CreateOutcome::Adopted(r)
     );
     let err = probe.create(&second).await.unwrap_err();
-    assert!(matches!(err, ExecutorError::Invalid(_)), "{err}");
+    assert!(matches!(err, ExecutorError::Invalid { .. }), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -187,7 +187,7 @@ async fn objects_being_deleted() {
     // gives up with a transient error while the finalizer holds it.
     let err = probe.create(&second).await.unwrap_err();
     assert!(
-        matches!(&err, ExecutorError::Transient(m) if m.contains("still being deleted")),
+        matches!(&err, ExecutorError::Transient { message, .. } if message.contains("still being deleted")),
         "{err}"
     );
     // Released: gone, and the next create creates.

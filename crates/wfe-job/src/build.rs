@@ -17,7 +17,7 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use kube::ResourceExt;
-use wfe_api::{FieldError, WorkflowExecution};
+use wfe_api::{FieldError, TimeoutError, WorkflowExecution};
 pub use wfe_executor::owner_reference;
 use wfe_executor::{execution_labels, resource::execution_metadata};
 
@@ -41,12 +41,21 @@ pub enum BuildError {
         /// What is wrong.
         message: String,
     },
+    /// `spec.executionConfig.timeout` is not a usable timeout.
+    #[error("{TIMEOUT_FIELD}: {0}")]
+    Timeout(#[source] TimeoutError),
 }
+
+const TIMEOUT_FIELD: &str = "spec.executionConfig.timeout";
 
 impl From<BuildError> for FieldError {
     fn from(e: BuildError) -> Self {
         match e {
             BuildError::Invalid { field, message } => FieldError { field, message },
+            BuildError::Timeout(e) => FieldError {
+                field: TIMEOUT_FIELD.into(),
+                message: e.to_string(),
+            },
         }
     }
 }
@@ -82,10 +91,7 @@ pub fn environment(wfe: &WorkflowExecution) -> Vec<EnvVar> {
 /// Builds the Job for `wfe` (DESIGN.md §2 "Job shape").
 pub fn build_job(wfe: &WorkflowExecution, cfg: &JobConfig) -> Result<Job, BuildError> {
     let spec = &wfe.spec;
-    let timeout = spec.timeout().map_err(|e| BuildError::Invalid {
-        field: "spec.executionConfig.timeout".into(),
-        message: e.to_string(),
-    })?;
+    let timeout = spec.timeout().map_err(BuildError::Timeout)?;
     let labels = execution_labels(wfe);
 
     let mut volumes = Vec::new();

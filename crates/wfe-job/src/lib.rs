@@ -231,7 +231,7 @@ impl ExecutionResource for JobExecutor {
         }
         let ns = &self.cfg.namespace;
         let missing = |kind: &str, name: &str, what: &str| {
-            ExecutorError::Invalid(format!(
+            ExecutorError::invalid(format!(
                 "{kind} {name:?} ({what}) not found in namespace {ns}"
             ))
         };

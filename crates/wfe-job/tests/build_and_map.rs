@@ -10,30 +10,31 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 use serde_json::{Value, json};
-use wfe_api::{ExecutionEngine, FailureReason, WorkflowExecution};
+use wfe_api::{ExecutionEngine, FailureReason, WorkflowExecution, testing};
 use wfe_executor::{Executor, Observation};
 use wfe_job::{JobConfig, JobFacts, build_job, needs, observe};
 
-const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+use wfe_api::testing::DIGEST;
 
+/// The OOM remediation in `namespace`; each top-level field of `spec_patch` replaces the spec's.
 fn wfe(namespace: &str, spec_patch: Value) -> WorkflowExecution {
-    let mut spec = json!({
-        "executionEngine": "job",
-        "workflowRef": {"workflowId": "restart-with-increased-memory", "version": "1.2.0",
-                        "containerImage": format!("registry.example.com/remediation/restart:v1.2@{DIGEST}")},
-        "targetResource": "production/Deployment/my-app",
-        "parameters": {"podName": "my-app", "namespace": "production", "memoryLimit": "1Gi"},
-        "remediationRequestRef": {"name": "rr-1"}
-    });
-    for (k, v) in patch_obj(spec_patch) {
-        spec[k] = v;
-    }
-    serde_json::from_value(json!({
-        "apiVersion": "kubernaut.ai/v1alpha1", "kind": "WorkflowExecution",
-        "metadata": {"name": "restart-my-app", "namespace": namespace, "uid": "11111111-2222-3333-4444-555555555555"},
-        "spec": spec
-    }))
-    .unwrap()
+    let fixture = testing::wfe("restart-my-app")
+        .namespace(namespace)
+        .uid(Some("11111111-2222-3333-4444-555555555555"))
+        .workflow("restart-with-increased-memory")
+        .workflow_ref("version", json!("1.2.0"))
+        .image(&format!(
+            "registry.example.com/remediation/restart:v1.2@{DIGEST}"
+        ))
+        .target("production/Deployment/my-app")
+        .param("podName", "my-app")
+        .param("namespace", "production")
+        .param("memoryLimit", "1Gi")
+        .spec("remediationRequestRef", json!({"name": "rr-1"}));
+    patch_obj(spec_patch)
+        .into_iter()
+        .fold(fixture, |f, (k, v)| f.spec(&k, v))
+        .build()
 }
 
 fn patch_obj(v: Value) -> serde_json::Map<String, Value> {

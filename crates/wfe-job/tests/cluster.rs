@@ -1,7 +1,7 @@
 //! The Job executor against the real local control plane with nodes (the Job controller runs,
 //! kwok plays the kubelet).
 
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
 use k8s_openapi::{
     api::{
@@ -15,11 +15,12 @@ use kube::{
     api::{ObjectMeta, PostParams},
 };
 use serde_json::json;
-use wfe_api::{FailureReason, WorkflowExecution};
+use wfe_api::{
+    FailureReason, WorkflowExecution,
+    testing::{self, DIGEST},
+};
 use wfe_executor::{CreateOutcome, DeleteOutcome, Executor, Observation, conformance as suite};
 use wfe_job::{JobConfig, JobExecutor};
-
-const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 struct Env {
     client: Client,
@@ -59,25 +60,18 @@ impl Env {
         params: &[(&str, &str)],
         timeout: Option<&str>,
     ) -> WorkflowExecution {
-        let params: BTreeMap<String, String> = params
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let mut spec = json!({
-            "executionEngine": "job",
-            "workflowRef": {"workflowId": "wf", "version": "1", "containerImage": format!("registry.example.com/wf@{DIGEST}")},
-            "targetResource": target,
-            "parameters": params,
-            "remediationRequestRef": {"name": "rr"}
-        });
-        if let Some(t) = timeout {
-            spec["executionConfig"] = json!({"timeout": t});
+        let mut fixture = testing::wfe(name)
+            .namespace(&self.ns)
+            .uid(None)
+            .target(target)
+            .spec("parameters", json!({}));
+        for (k, v) in params {
+            fixture = fixture.param(k, v);
         }
-        let w: WorkflowExecution = serde_json::from_value(json!({
-            "apiVersion": "kubernaut.ai/v1alpha1", "kind": "WorkflowExecution",
-            "metadata": {"name": name, "namespace": self.ns}, "spec": spec
-        }))
-        .unwrap();
+        if let Some(t) = timeout {
+            fixture = fixture.spec("executionConfig", json!({"timeout": t}));
+        }
+        let w = fixture.build();
         Api::<WorkflowExecution>::namespaced(self.client.clone(), &self.ns)
             .create(&PostParams::default(), &w)
             .await

@@ -4,7 +4,7 @@
 use k8s_openapi::api::core::v1::{
     ConfigMapVolumeSource, PodSecurityContext, SeccompProfile, SecretVolumeSource,
 };
-use wfe_api::{FieldError, WorkflowExecution, format_duration};
+use wfe_api::{FieldError, TimeoutError, WorkflowExecution, format_duration};
 pub use wfe_executor::owner_reference;
 use wfe_executor::resource::execution_metadata;
 
@@ -61,7 +61,12 @@ pub enum BuildError {
         /// What is wrong.
         message: String,
     },
+    /// `spec.executionConfig.timeout` is not a usable timeout.
+    #[error("{TIMEOUT_FIELD}: {0}")]
+    Timeout(#[source] TimeoutError),
 }
+
+const TIMEOUT_FIELD: &str = "spec.executionConfig.timeout";
 
 impl BuildError {
     fn invalid(field: &str, message: impl Into<String>) -> Self {
@@ -75,13 +80,15 @@ impl BuildError {
     pub fn field(&self) -> &str {
         match self {
             BuildError::Invalid { field, .. } => field,
+            BuildError::Timeout(_) => TIMEOUT_FIELD,
         }
     }
 
     /// The message without the field.
-    pub fn message(&self) -> &str {
+    pub fn message(&self) -> String {
         match self {
-            BuildError::Invalid { message, .. } => message,
+            BuildError::Invalid { message, .. } => message.clone(),
+            BuildError::Timeout(e) => e.to_string(),
         }
     }
 }
@@ -90,6 +97,10 @@ impl From<BuildError> for FieldError {
     fn from(e: BuildError) -> Self {
         match e {
             BuildError::Invalid { field, message } => FieldError { field, message },
+            BuildError::Timeout(e) => FieldError {
+                field: TIMEOUT_FIELD.into(),
+                message: e.to_string(),
+            },
         }
     }
 }
@@ -195,9 +206,7 @@ pub fn build_pipeline_run(
     cfg: &TektonConfig,
 ) -> Result<PipelineRun, BuildError> {
     let spec = &wfe.spec;
-    let timeout = spec
-        .timeout()
-        .map_err(|e| BuildError::invalid("spec.executionConfig.timeout", e))?;
+    let timeout = spec.timeout().map_err(BuildError::Timeout)?;
     let bundle = bundle_reference(wfe)?;
 
     let metadata = execution_metadata(wfe, &cfg.namespace);

@@ -2,7 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use wfe_api::WorkflowExecution;
+use wfe_api::{
+    WorkflowExecution,
+    testing::{self, DIGEST},
+};
 use wfe_executor::{
     ANNOTATION_TARGET_RESOURCE, ANNOTATION_WORKFLOW_EXECUTION_UID, LABEL_EXECUTION_ENGINE,
     LABEL_SOURCE_NAMESPACE, LABEL_TARGET_HASH, LABEL_WORKFLOW_EXECUTION, LABEL_WORKFLOW_ID,
@@ -14,38 +17,33 @@ use crate::{
     types::{Param, ParamValue},
 };
 
+/// The restart workflow as a Tekton bundle; each field of `extra_spec` replaces the spec's,
+/// except `workflowRef`, whose fields replace the workflow reference's.
 fn wfe(extra_spec: serde_json::Value) -> WorkflowExecution {
-    let mut spec = serde_json::json!({
-        "executionEngine": "tekton",
-        "workflowRef": {
-            "workflowId": "restart-pod",
-            "version": "1.2.0",
-            "containerImage": "oci://registry.example.com/workflows/restart@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
-        },
-        "targetResource": "production/Deployment/my-app",
-        "remediationRequestRef": {"name": "rr-1", "namespace": "team-a"}
-    });
-    if let (Some(base), Some(extra)) = (spec.as_object_mut(), extra_spec.as_object()) {
-        for (k, v) in extra {
-            if k == "workflowRef" {
-                if let (Some(wr), Some(extra_wr)) = (
-                    base.get_mut(k).and_then(|w| w.as_object_mut()),
-                    v.as_object(),
-                ) {
-                    wr.extend(extra_wr.clone());
-                }
-            } else {
-                base.insert(k.clone(), v.clone());
-            }
-        }
-    }
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "kubernaut.ai/v1alpha1",
-        "kind": "WorkflowExecution",
-        "metadata": {"name": "restart-my-app", "namespace": "team-a", "uid": "6f1c2a9e-0000-4000-8000-000000000001"},
-        "spec": spec
-    }))
-    .expect("valid WorkflowExecution")
+    let fixture = testing::wfe("restart-my-app")
+        .namespace("team-a")
+        .uid(Some("6f1c2a9e-0000-4000-8000-000000000001"))
+        .engine("tekton")
+        .workflow("restart-pod")
+        .workflow_ref("version", serde_json::json!("1.2.0"))
+        .image(&format!(
+            "oci://registry.example.com/workflows/restart@{DIGEST}"
+        ))
+        .target("production/Deployment/my-app")
+        .spec(
+            "remediationRequestRef",
+            serde_json::json!({"name": "rr-1", "namespace": "team-a"}),
+        );
+    let extra = extra_spec.as_object().cloned().unwrap_or_default();
+    extra
+        .into_iter()
+        .fold(fixture, |f, (k, v)| match (k.as_str(), v.as_object()) {
+            ("workflowRef", Some(fields)) => fields
+                .iter()
+                .fold(f, |f, (wk, wv)| f.workflow_ref(wk, wv.clone())),
+            _ => f.spec(&k, v),
+        })
+        .build()
 }
 
 fn cfg() -> TektonConfig {
@@ -374,10 +372,11 @@ fn timeout_is_a_go_duration() {
     for bad in ["soon", "0s", "500ms", "200h"] {
         let w = wfe(serde_json::json!({"executionConfig": {"timeout": bad}}));
         match build_pipeline_run(&w, &cfg()) {
-            Err(BuildError::Invalid { field, .. }) => {
-                assert_eq!(field, "spec.executionConfig.timeout", "{bad}")
+            Err(e @ BuildError::Timeout(_)) => {
+                assert_eq!(e.field(), "spec.executionConfig.timeout", "{bad}");
+                assert!(std::error::Error::source(&e).is_some(), "{bad}");
             }
-            Ok(_) => panic!("{bad} must be refused"),
+            other => panic!("{bad} must be refused as a timeout: {other:?}"),
         }
     }
 }

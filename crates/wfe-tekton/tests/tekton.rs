@@ -10,7 +10,7 @@ use kube::{
     Api, Client, ResourceExt,
     api::{Patch, PatchParams, PostParams},
 };
-use wfe_api::{ExecutionEngine, ExecutionRef, FailureReason, WorkflowExecution};
+use wfe_api::{ExecutionEngine, ExecutionRef, FailureReason, WorkflowExecution, testing};
 use wfe_executor::{
     Availability, CreateOutcome, DeleteOutcome, Executor, Observation, conformance as suite,
     execution_name_for, is_owned_by, owner_of,
@@ -47,13 +47,12 @@ async fn create_wfe(
     name: &str,
     target: &str,
 ) -> WorkflowExecution {
-    let wfe: WorkflowExecution = serde_json::from_value(serde_json::json!({
-        "apiVersion": "kubernaut.ai/v1alpha1",
-        "kind": "WorkflowExecution",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": spec_json(target),
-    }))
-    .expect("valid WorkflowExecution");
+    let fixture = testing::wfe(name).namespace(namespace).uid(None);
+    let spec = spec_json(target).as_object().cloned().unwrap_or_default();
+    let wfe = spec
+        .into_iter()
+        .fold(fixture, |f, (field, value)| f.spec(&field, value))
+        .build();
     Api::<WorkflowExecution>::namespaced(client.clone(), namespace)
         .create(&PostParams::default(), &wfe)
         .await

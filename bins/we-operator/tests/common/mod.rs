@@ -12,10 +12,11 @@ use std::{
 use k8s_openapi::api::{
     authentication::v1::{TokenRequest, TokenRequestSpec},
     core::v1::ServiceAccount,
+    rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
 };
 use kube::{
     Api, Client, ResourceExt,
-    api::{Patch, PatchParams, PostParams},
+    api::{ObjectMeta, Patch, PatchParams, PostParams},
     core::{DynamicObject, GroupVersionKind},
     discovery::Discovery,
 };
@@ -125,6 +126,83 @@ pub async fn as_user(user: &str) -> Client {
     .unwrap();
     config.auth_info.impersonate = Some(user.to_string());
     Client::try_from(config).unwrap()
+}
+
+/// The cluster administrator's client, after `deploy/<file>` is applied server-side for each
+/// of `files` (in order).
+pub async fn admin_with_deploy(files: &[&str]) -> Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let admin = wfe_testing::client().await;
+    let discovery = Discovery::new(admin.clone()).run().await.unwrap();
+    let deploy = repo().join("deploy");
+    for f in files {
+        apply_file(&admin, &discovery, &deploy.join(f)).await;
+    }
+    admin
+}
+
+/// Gives `user` the `verbs` on the kubernaut.ai `resources` in `ns`: a Role and a RoleBinding
+/// named `name`, applied server-side. RBAC alone then allows what the admission policies must
+/// refuse.
+pub async fn grant(
+    client: &Client,
+    ns: &str,
+    user: &str,
+    name: &str,
+    resources: &[&str],
+    verbs: &[&str],
+) {
+    let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let metadata = ObjectMeta {
+        name: Some(name.into()),
+        ..Default::default()
+    };
+    let role = Role {
+        metadata: metadata.clone(),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec!["kubernaut.ai".into()]),
+            resources: Some(strings(resources)),
+            verbs: strings(verbs),
+            ..Default::default()
+        }]),
+    };
+    let binding = RoleBinding {
+        metadata,
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "Role".into(),
+            name: name.into(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "User".into(),
+            name: user.into(),
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            ..Default::default()
+        }]),
+    };
+    let pp = PatchParams::apply("wfe-admission-test").force();
+    Api::<Role>::namespaced(client.clone(), ns)
+        .patch(name, &pp, &Patch::Apply(&role))
+        .await
+        .unwrap();
+    Api::<RoleBinding>::namespaced(client.clone(), ns)
+        .patch(name, &pp, &Patch::Apply(&binding))
+        .await
+        .unwrap();
+}
+
+/// The HTTP code and message of a refused request, or `None` when it was allowed.
+pub fn refused<T>(r: Result<T, kube::Error>) -> Option<(u16, String)> {
+    match r {
+        Ok(_) => None,
+        Err(kube::Error::Api(e)) => Some((e.code, e.message)),
+        Err(e) => panic!("unexpected error: {e}"),
+    }
+}
+
+/// The HTTP code and message of a refused request; panics when `what` was allowed.
+pub fn refusal<T>(what: &str, r: Result<T, kube::Error>) -> (u16, String) {
+    refused(r).unwrap_or_else(|| panic!("{what} was accepted"))
 }
 
 pub fn free_port() -> u16 {

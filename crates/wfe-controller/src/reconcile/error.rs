@@ -15,7 +15,7 @@ pub enum Error {
     Executor(#[from] ExecutorError),
     /// The finalizer helper failed.
     #[error("finalizer: {0}")]
-    Finalizer(Box<kube::runtime::finalizer::Error<Error>>),
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     /// Audit delivery failed; retried later.
     #[error("{0}")]
     Audit(#[from] audit::AuditError),
@@ -76,7 +76,7 @@ mod tests {
         assert_eq!(Error::Kube(api(409)).category(), "conflict");
         assert_eq!(Error::Kube(api(500)).category(), "kubernetes");
         let wrapped = Error::Finalizer(Box::new(F::ApplyFailed(Error::Executor(
-            ExecutorError::Transient("t".into()),
+            ExecutorError::transient("t"),
         ))));
         assert_eq!(wrapped.category(), "executor");
         let conflict = Error::Finalizer(Box::new(F::AddFinalizer(api(409))));

@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::api::{
     batch::v1::Job,
@@ -18,13 +18,13 @@ use kube::{
     runtime::events::Reporter,
 };
 use serde_json::json;
-use wfe_api::{Phase, WorkflowExecution};
+use wfe_api::{Phase, WorkflowExecution, testing};
 use wfe_controller::{ControllerConfig, GuardConfig, Health, HttpSink, RunOptions};
 use wfe_executor::Registry;
 use wfe_job::{JobConfig, JobExecutor};
 use wfe_tekton::{TektonConfig, TektonExecutor};
 
-pub const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+pub use wfe_api::testing::DIGEST;
 pub const TIMEOUT: Duration = Duration::from_secs(120);
 
 pub use wfe_testing::audit::AuditReceiver;
@@ -217,25 +217,29 @@ impl Harness {
         target: &str,
         params: &[(&str, &str)],
     ) -> WorkflowExecution {
-        let params: BTreeMap<String, String> = params
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let mut spec = json!({
-            "workflowRef": {"workflowId": "restart-with-increased-memory", "version": "1.2.0",
-                            "containerImage": format!("registry.example.com/remediation/restart:v1.2@{DIGEST}")},
-            "targetResource": target,
-            "parameters": params,
-            "remediationRequestRef": {"name": format!("rr-{name}"), "namespace": self.ns},
-        });
-        if let Some(e) = engine {
-            spec["executionEngine"] = json!(e);
+        let mut fixture = testing::wfe(name)
+            .namespace(&self.ns)
+            .uid(None)
+            .workflow("restart-with-increased-memory")
+            .workflow_ref("version", json!("1.2.0"))
+            .image(&format!(
+                "registry.example.com/remediation/restart:v1.2@{DIGEST}"
+            ))
+            .target(target)
+            .spec("parameters", json!({}))
+            .spec(
+                "remediationRequestRef",
+                json!({"name": format!("rr-{name}"), "namespace": self.ns}),
+            )
+            // No engine unless asked: the default (Tekton) is under test too.
+            .unset_spec("executionEngine");
+        for (k, v) in params {
+            fixture = fixture.param(k, v);
         }
-        serde_json::from_value(json!({
-            "apiVersion": "kubernaut.ai/v1alpha1", "kind": "WorkflowExecution",
-            "metadata": {"name": name, "namespace": self.ns}, "spec": spec
-        }))
-        .unwrap()
+        if let Some(e) = engine {
+            fixture = fixture.engine(e);
+        }
+        fixture.build()
     }
 
     pub async fn create(&self, wfe: &WorkflowExecution) -> WorkflowExecution {

@@ -87,17 +87,12 @@ wfe_executor::conformance_tests!(DryRun);
 /// no ownerReference (an ownerReference to an object that does not exist would let the garbage
 /// collector delete it).
 fn wfe(name: &str, target: &str) -> WorkflowExecution {
-    serde_json::from_value(json!({
-        "apiVersion": "kubernaut.ai/v1alpha1", "kind": "WorkflowExecution",
-        "metadata": {"name": name, "namespace": "requests", "uid": format!("uid-{name}")},
-        "spec": {
-            "workflowRef": {"workflowId": "wf", "version": "1",
-                            "containerImage": "registry.example.com/wf:v1"},
-            "targetResource": target,
-            "remediationRequestRef": {"name": "rr"}
-        }
-    }))
-    .unwrap()
+    wfe_api::testing::wfe(name)
+        .namespace("requests")
+        .unset_spec("executionEngine")
+        .image("registry.example.com/wf:v1")
+        .target(target)
+        .build()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,8 +23,9 @@ async fn call(
     path: &str,
     body: Option<Value>,
 ) -> Result<(u16, Value), ExecutorError> {
-    let transient =
-        |e: std::io::Error| ExecutorError::Transient(format!("{method} {base}{path}: {e}"));
+    let transient = |e: std::io::Error| {
+        ExecutorError::transient(format!("{method} {base}{path}: {e}")).caused_by(e)
+    };
     let host = base.trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(host)
         .await
@@ -102,10 +103,10 @@ impl ExternalEngine for AwxEngine {
         let body = json!({"request": request, "extra_vars": wfe.spec.effective_parameters()});
         match call(&self.base, "POST", &path, Some(body)).await? {
             (200 | 201, job) => Ok(job["id"].to_string()),
-            (code @ 400..=499, answer) => Err(ExecutorError::Invalid(format!(
+            (code @ 400..=499, answer) => Err(ExecutorError::invalid(format!(
                 "AWX refused to launch job template {template}: {code} {answer}"
             ))),
-            (code, answer) => Err(ExecutorError::Transient(format!(
+            (code, answer) => Err(ExecutorError::transient(format!(
                 "AWX launch of {template}: {code} {answer}"
             ))),
         }
@@ -128,7 +129,7 @@ impl ExternalEngine for AwxEngine {
                 ),
                 finished_at: None,
             }),
-            (code, answer) => Err(ExecutorError::Transient(format!(
+            (code, answer) => Err(ExecutorError::transient(format!(
                 "AWX job {id}: {code} {answer}"
             ))),
         }
@@ -145,7 +146,7 @@ impl ExternalEngine for AwxEngine {
         {
             // 405: finished already.
             (202 | 405 | 404, _) => Ok(()),
-            (code, answer) => Err(ExecutorError::Transient(format!(
+            (code, answer) => Err(ExecutorError::transient(format!(
                 "cancel AWX job {id}: {code} {answer}"
             ))),
         }
