@@ -99,6 +99,9 @@ pub async fn prepare(client: &Client, repo: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Our CRD, as `cargo xtask crdgen` writes it (relative to the repository).
+pub const OUR_CRD: &str = "deploy/crds/workflowexecutions.kubernaut.ai.yaml";
+
 /// The reference's ServiceAccount (in [`SYSTEM_NS`]).
 pub const REFERENCE_ACCOUNT: &str = "kubernaut-workflowexecution";
 
@@ -114,7 +117,15 @@ pub async fn install_crd(client: &Client, path: &Path) -> Result<()> {
     let name = wanted.name_any();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     if let Some(old) = crds.get_opt(&name).await? {
-        if old.spec == wanted.spec {
+        // The API server defaults parts of a CRD's spec: the schemas tell the two apart.
+        let schemas = |c: &CustomResourceDefinition| {
+            c.spec
+                .versions
+                .iter()
+                .map(|v| (v.name.clone(), serde_json::to_value(&v.schema).ok()))
+                .collect::<Vec<_>>()
+        };
+        if schemas(&old) == schemas(&wanted) {
             return Ok(());
         }
         let _ = crds.delete(&name, &Default::default()).await;

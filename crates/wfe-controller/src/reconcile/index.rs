@@ -44,9 +44,9 @@ pub fn ready_to_dispatch(wfe: &WorkflowExecution) -> bool {
             .status
             .as_ref()
             .is_none_or(|s| s.execution_ref.is_none())
-        && !wfe
+        && wfe
             .condition(cond::BLOCKED)
-            .is_some_and(|c| c.status == "True")
+            .is_none_or(|c| c.status != "True")
 }
 
 #[derive(Debug, Default)]

@@ -157,12 +157,18 @@ mod tests {
         let s = Duration::from_secs;
         assert!(dispatch_first(3, false, s(0)));
         assert!(dispatch_first(1, false, s(14)));
-        assert!(!dispatch_first(0, false, s(0)), "nothing waits: release now");
+        assert!(
+            !dispatch_first(0, false, s(0)),
+            "nothing waits: release now"
+        );
         assert!(
             !dispatch_first(3, true, s(0)),
             "another execution on the target may wait for this lock"
         );
-        assert!(!dispatch_first(3, false, DEFER_AT_MOST), "deferred long enough");
+        assert!(
+            !dispatch_first(3, false, DEFER_AT_MOST),
+            "deferred long enough"
+        );
     }
 
     #[test]
