@@ -229,6 +229,14 @@ impl<K: ExecutionObject> ResourceClient<K> {
     /// Objects of type `K` in the execution `namespace`, with the watch cache of them (the watch
     /// starts when the controller polls [`Executor::changes`]).
     pub fn new(client: Client, namespace: impl Into<String>) -> Self {
+        Self::trimmed(client, namespace, |_| {})
+    }
+
+    /// Like [`ResourceClient::new`], with a watch cache that keeps of each object only what
+    /// `trim` leaves ([`ResourceCache::trimmed`]): the protocol reads metadata and the backend's
+    /// [`ExecutionResource::observe`] what it needs; objects returned by the API server (create,
+    /// adopt) are whole.
+    pub fn trimmed(client: Client, namespace: impl Into<String>, trim: fn(&mut K)) -> Self {
         let kind = match K::kind(&()) {
             Cow::Borrowed(kind) => kind,
             // Typed resources (k8s-openapi, kube's derive) borrow a constant; anything else is
@@ -237,7 +245,7 @@ impl<K: ExecutionObject> ResourceClient<K> {
         };
         let namespace = namespace.into();
         ResourceClient {
-            cache: ResourceCache::new(Api::namespaced(client.clone(), &namespace)),
+            cache: ResourceCache::trimmed(Api::namespaced(client.clone(), &namespace), trim),
             client,
             namespace,
             kind,

@@ -78,7 +78,12 @@ impl<K> Watched for K where
 /// of its resources from memory instead of asking the API server on every reconcile.
 /// `managedFields` are dropped on arrival: nothing reads them and they are a large share of
 /// every object.
-pub fn cached_changes<K>(api: Api<K>, writer: reflector::store::Writer<K>) -> Changes
+/// `trim` removes, on arrival, whatever else of an object its backend never reads.
+pub fn cached_changes<K>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+    trim: fn(&mut K),
+) -> Changes
 where
     K: Watched,
 {
@@ -90,7 +95,10 @@ where
             watcher::Config::default().labels(LABEL_WORKFLOW_EXECUTION),
         )
         .default_backoff()
-        .modify(|o: &mut K| o.meta_mut().managed_fields = None),
+        .modify(move |o: &mut K| {
+            o.meta_mut().managed_fields = None;
+            trim(o);
+        }),
     )
     .touched_objects()
     .map(|r| r.map(|o: K| o.meta().clone()));
@@ -143,10 +151,17 @@ where
     /// The store of the objects of `api` and the watch that fills it ([`cached_changes`]);
     /// nothing is requested until the watch is polled.
     pub fn new(api: Api<K>) -> Self {
+        Self::trimmed(api, |_| {})
+    }
+
+    /// Like [`ResourceCache::new`], keeping of each object only what `trim` leaves (for
+    /// example a Job without its pod template: what a backend never reads costs memory for
+    /// every execution in flight).
+    pub fn trimmed(api: Api<K>, trim: fn(&mut K)) -> Self {
         let (store, writer) = reflector::store::<K>();
         ResourceCache {
             store,
-            watch: Arc::new(Mutex::new(Some(cached_changes(api, writer)))),
+            watch: Arc::new(Mutex::new(Some(cached_changes(api, writer, trim)))),
         }
     }
 

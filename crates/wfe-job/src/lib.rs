@@ -52,7 +52,7 @@ pub use build::{
 };
 pub use status::{
     JobFacts, MAX_MESSAGE, Needs, container_started, initial_summary, is_finished, is_suspended,
-    needs, observe, tail,
+    needs, observe, tail, trim,
 };
 
 /// How long a service account seen by the pre-flight check is trusted without reading it again.
@@ -112,7 +112,7 @@ impl JobExecutor {
     /// A Job executor using `client`.
     pub fn new(client: Client, cfg: JobConfig) -> Self {
         JobExecutor {
-            resources: ResourceClient::new(client, cfg.namespace.clone()),
+            resources: ResourceClient::trimmed(client, cfg.namespace.clone(), status::trim),
             cfg: Arc::new(cfg),
             accounts_seen: Arc::default(),
         }

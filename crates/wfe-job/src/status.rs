@@ -143,6 +143,16 @@ fn newest(events: &[Event], pred: impl Fn(&Event) -> bool) -> Option<&Event> {
     })
 }
 
+/// What the Job watch cache keeps of a Job: its pod template is dropped on arrival (the mapping
+/// reads the Job's metadata, status, `suspend` and `activeDeadlineSeconds`, and the pod itself
+/// for the container's state); a template with the workflow's environment and security context
+/// is most of a Job.
+pub fn trim(job: &mut Job) {
+    if let Some(spec) = job.spec.as_mut() {
+        spec.template = Default::default();
+    }
+}
+
 fn is_image_pull(text: &str) -> bool {
     let t = text.to_ascii_lowercase();
     t.contains("pull image")

@@ -12,7 +12,7 @@ use k8s_openapi::{
 use serde_json::{Value, json};
 use wfe_api::{ExecutionEngine, FailureReason, WorkflowExecution, testing};
 use wfe_executor::{Executor, Observation};
-use wfe_job::{JobConfig, JobFacts, build_job, needs, observe};
+use wfe_job::{JobConfig, JobFacts, build_job, needs, observe, trim};
 
 use wfe_api::testing::DIGEST;
 
@@ -665,4 +665,28 @@ async fn the_initial_summary_is_what_a_fresh_job_maps_to() {
         cfg(),
     );
     assert_eq!(executor.initial_summary(), Some(wfe_job::initial_summary()));
+}
+
+#[test]
+fn the_cache_keeps_what_the_mapping_reads() {
+    // A built Job, finished by its deadline: trimmed as the watch cache keeps it, it maps to the
+    // same observation (timeout message included) without its pod template.
+    let w = wfe("production", json!({}));
+    let mut job = build_job(&w, &cfg()).unwrap();
+    job.status = failed(json!({"failed": 1, "reason": "DeadlineExceeded",
+        "message": "Job was active longer than specified deadline"}))
+    .status;
+    let mut kept = job.clone();
+    trim(&mut kept);
+    assert_eq!(map(&kept, None, &[], &[]), map(&job, None, &[], &[]));
+    let spec = kept.spec.as_ref().unwrap();
+    assert!(spec.template.spec.is_none(), "the pod template is dropped");
+    assert_eq!(
+        spec.active_deadline_seconds,
+        job.spec.as_ref().unwrap().active_deadline_seconds
+    );
+    assert!(
+        serde_json::to_vec(&kept).unwrap().len() * 2 < serde_json::to_vec(&job).unwrap().len(),
+        "less than half of the Job is kept"
+    );
 }
