@@ -89,18 +89,22 @@ fn build_reference(src: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Runs the driver once and waits for it, bounded by [`LIMIT`].
-fn drive(root: &Path, extra: &[std::ffi::OsString], note: &str) -> Result<Duration> {
+/// The driver (release build) with the arguments every run of it takes.
+fn driver(root: &Path) -> Command {
     let mut cmd = Command::new(root.join("target/release/wfe-bench"));
     cmd.arg("--operator")
         .arg(root.join("target/release/we-operator"))
         .arg("--kubeconfig")
         .arg(root.join(cluster::KUBECONFIG))
         .arg("--repo")
-        .arg(root)
-        .args(extra)
-        .arg("--cluster")
-        .arg(note);
+        .arg(root);
+    cmd
+}
+
+/// Runs the driver once and waits for it, bounded by [`LIMIT`].
+fn drive(root: &Path, extra: &[std::ffi::OsString], note: &str) -> Result<Duration> {
+    let mut cmd = driver(root);
+    cmd.args(extra).arg("--cluster").arg(note);
     println!(
         "\n==> the benchmark (bounded to {} min)",
         LIMIT.as_secs() / 60
@@ -259,14 +263,8 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
             "etcd + kube-apiserver only, started fresh for the reference, its CRD in place of ours",
         )?;
         println!("\n==> side by side");
-        let mut cmp = Command::new(root.join("target/release/wfe-bench"));
-        cmp.arg("--operator")
-            .arg(root.join("target/release/we-operator"))
-            .arg("--kubeconfig")
-            .arg(root.join(cluster::KUBECONFIG))
-            .arg("--repo")
-            .arg(root)
-            .arg("--out")
+        let mut cmp = driver(root);
+        cmp.arg("--out")
             .arg(root.join("target/bench/side-by-side.json"))
             .arg("--compare")
             .arg(&out)

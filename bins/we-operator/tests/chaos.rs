@@ -60,6 +60,9 @@ fn request(i: usize) -> WorkflowExecution {
     fixture.build()
 }
 
+/// The leader-election Lease of deploy/ (its RBAC names it).
+const LEASE: &str = "we-operator-leader";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "resilience: run by `cargo xtask chaos`"]
 async fn leader_kills_and_audit_outage_lose_nothing_and_run_nothing_twice() {
@@ -96,6 +99,11 @@ async fn leader_kills_and_audit_outage_lose_nothing_and_run_nothing_twice() {
     jobs.delete_collection(&DeleteParams::background(), &ListParams::default())
         .await
         .ok();
+    // The replicas elect a leader with the Lease the RBAC of deploy/ names (the only one they may
+    // read); one left by an earlier run would hold them back until it expires.
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), SYSTEM_NS);
+    leases.delete(LEASE, &DeleteParams::default()).await.ok();
 
     // Every Job ever created, by owner.
     let created: Arc<Mutex<BTreeMap<String, BTreeSet<String>>>> = Arc::default();
@@ -131,7 +139,7 @@ async fn leader_kills_and_audit_outage_lose_nothing_and_run_nothing_twice() {
         "--lease-duration-seconds",
         "10",
         "--lease-name",
-        "we-operator-chaos",
+        LEASE,
     ];
     let mut generation = 0;
     let spawn = |generation: &mut usize| {

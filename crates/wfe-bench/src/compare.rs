@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use plotters::prelude::*;
+use plotters::{coord::CoordTranslate, prelude::*};
 use serde_json::{Value, json};
 
 use crate::subject::method_of;
@@ -488,6 +488,21 @@ where
         .y_desc("fraction of executions")
         .draw()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    both_curves(&mut chart, ours, reference, SeriesLabelPosition::LowerRight)
+}
+
+/// The two curves (ours, the reference's) of a panel and their legend.
+fn both_curves<'a, DB, CT>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    ours: &[(f64, f64)],
+    reference: &[(f64, f64)],
+    legend: SeriesLabelPosition,
+) -> Result<()>
+where
+    DB: DrawingBackend + 'a,
+    DB::ErrorType: 'static,
+    CT: CoordTranslate<From = (f64, f64)>,
+{
     for (data, color, label) in [
         (ours, OURS_COLOR, "we-operator"),
         (reference, REF_COLOR, "reference"),
@@ -502,7 +517,7 @@ where
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
+        .position(legend)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()
@@ -545,26 +560,7 @@ where
         .y_desc("executions")
         .draw()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    for (data, color, label) in [
-        (ours, OURS_COLOR, "we-operator"),
-        (reference, REF_COLOR, "reference"),
-    ] {
-        chart
-            .draw_series(LineSeries::new(data.iter().copied(), color.stroke_width(2)))
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .label(label)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-            });
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(())
+    both_curves(&mut chart, ours, reference, SeriesLabelPosition::UpperRight)
 }
 
 /// Draws the picture of one workload into `path`.

@@ -307,10 +307,35 @@ fn image_digest(image: &str) -> Option<String> {
     image.rsplit_once('@').map(|(_, d)| d.to_string())
 }
 
-/// A delivery failure.
+/// A delivery failure: what users read, and the error that caused it when there is one.
 #[derive(Debug, thiserror::Error)]
-#[error("audit delivery failed: {0}")]
-pub struct AuditError(pub String);
+#[error("audit delivery failed: {message}")]
+pub struct AuditError {
+    message: String,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl AuditError {
+    /// A failure described by `message`.
+    pub fn new(message: impl Into<String>) -> Self {
+        AuditError {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// The same failure, caused by `source`.
+    pub fn caused_by(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// What users read.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
 
 /// Where audit events go.
 #[async_trait]
@@ -357,21 +382,23 @@ impl ClientCert {
     fn identity(&self) -> Result<reqwest::Identity, AuditError> {
         let read = |p: &PathBuf, what: &str| {
             std::fs::read(p).map_err(|e| {
-                AuditError(format!(
+                AuditError::new(format!(
                     "cannot read the audit client {what} {}: {e}",
                     p.display()
                 ))
+                .caused_by(e)
             })
         };
         let mut pem = read(&self.cert_file, "certificate")?;
         pem.push(b'\n');
         pem.extend(read(&self.key_file, "key")?);
         reqwest::Identity::from_pem(&pem).map_err(|e| {
-            AuditError(format!(
+            AuditError::new(format!(
                 "the audit client certificate {} and key {} are not a PEM certificate and private key: {e}",
                 self.cert_file.display(),
                 self.key_file.display()
             ))
+            .caused_by(e)
         })
     }
 }
@@ -404,13 +431,15 @@ impl HttpSink {
         let mut ca = Vec::new();
         if let Some(path) = &auth.ca_file {
             let pem = std::fs::read(path).map_err(|e| {
-                AuditError(format!("cannot read the audit CA {}: {e}", path.display()))
+                AuditError::new(format!("cannot read the audit CA {}: {e}", path.display()))
+                    .caused_by(e)
             })?;
             ca = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                AuditError(format!("the audit CA {} is not PEM: {e}", path.display()))
+                AuditError::new(format!("the audit CA {} is not PEM: {e}", path.display()))
+                    .caused_by(e)
             })?;
             if ca.is_empty() {
-                return Err(AuditError(format!(
+                return Err(AuditError::new(format!(
                     "the audit CA {} holds no certificate",
                     path.display()
                 )));
@@ -467,7 +496,9 @@ fn http_client(
         stamp = cert.stamp();
         builder = builder.identity(cert.identity()?);
     }
-    let client = builder.build().map_err(|e| AuditError(e.to_string()))?;
+    let client = builder
+        .build()
+        .map_err(|e| AuditError::new(e.to_string()).caused_by(e))?;
     Ok((client, stamp))
 }
 
@@ -480,21 +511,22 @@ impl AuditSink for HttpSink {
         let mut request = self.client().post(&self.url).json(events);
         if let Some(path) = &self.token_file {
             let token = tokio::fs::read_to_string(path).await.map_err(|e| {
-                AuditError(format!(
+                AuditError::new(format!(
                     "cannot read the audit token {}: {e}",
                     path.display()
                 ))
+                .caused_by(e)
             })?;
             request = request.bearer_auth(token.trim());
         }
         let response = request
             .send()
             .await
-            .map_err(|e| AuditError(format!("POST {}: {e}", self.url)))?;
+            .map_err(|e| AuditError::new(format!("POST {}: {e}", self.url)).caused_by(e))?;
         if response.status().is_success() {
             Ok(())
         } else {
-            Err(AuditError(format!(
+            Err(AuditError::new(format!(
                 "POST {}: HTTP {}",
                 self.url,
                 response.status()
@@ -513,15 +545,18 @@ impl AuditSink for StdoutSink {
         let mut out = Vec::new();
         for e in events {
             serde_json::to_writer(&mut out, &json!({"audit": e}))
-                .map_err(|e| AuditError(e.to_string()))?;
+                .map_err(|e| AuditError::new(e.to_string()).caused_by(e))?;
             out.push(b'\n');
         }
         let mut stdout = tokio::io::stdout();
         stdout
             .write_all(&out)
             .await
-            .map_err(|e| AuditError(e.to_string()))?;
-        stdout.flush().await.map_err(|e| AuditError(e.to_string()))
+            .map_err(|e| AuditError::new(e.to_string()).caused_by(e))?;
+        stdout
+            .flush()
+            .await
+            .map_err(|e| AuditError::new(e.to_string()).caused_by(e))
     }
 }
 

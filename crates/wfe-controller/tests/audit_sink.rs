@@ -32,16 +32,37 @@ async fn receiver(expected: Arc<Mutex<String>>, received: Received) -> (String, 
         .with_no_client_auth()
         .with_single_cert(vec![ca.cert.der().clone()], key)
         .unwrap();
+    let url = serve_https(config, move |authorization, body| {
+        if authorization != format!("Bearer {}", expected.lock().unwrap()) {
+            return "401 Unauthorized";
+        }
+        received
+            .lock()
+            .unwrap()
+            .push(serde_json::from_slice(body).unwrap());
+        "201 Created"
+    })
+    .await;
+    (url, ca.cert.pem())
+}
+
+/// An HTTPS server on loopback with `config`: for each request, `answer` gets its
+/// `Authorization` header and its body and returns the status line's code and reason; returns
+/// its URL.
+async fn serve_https(
+    config: rustls::ServerConfig,
+    answer: impl Fn(&str, &[u8]) -> &'static str + Send + Sync + 'static,
+) -> String {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("https://{}", listener.local_addr().unwrap());
+    let answer = Arc::new(answer);
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
-            let (acceptor, expected, received) =
-                (acceptor.clone(), expected.clone(), received.clone());
+            let (acceptor, answer) = (acceptor.clone(), answer.clone());
             tokio::spawn(async move {
                 let Ok(mut tls) = acceptor.accept(tcp).await else {
                     return;
@@ -74,16 +95,10 @@ async fn receiver(expected: Arc<Mutex<String>>, received: Received) -> (String, 
                     }
                     buf.extend_from_slice(&chunk[..n]);
                 }
-                let authorized =
-                    header("authorization") == format!("Bearer {}", expected.lock().unwrap());
-                let status = if authorized {
-                    let batch: Vec<Value> =
-                        serde_json::from_slice(&buf[body_start..body_start + length]).unwrap();
-                    received.lock().unwrap().push(batch);
-                    "201 Created"
-                } else {
-                    "401 Unauthorized"
-                };
+                let status = answer(
+                    &header("authorization"),
+                    &buf[body_start..body_start + length],
+                );
                 let _ = tls
                     .write_all(
                         format!(
@@ -96,7 +111,7 @@ async fn receiver(expected: Arc<Mutex<String>>, received: Received) -> (String, 
             });
         }
     });
-    (url, ca.cert.pem())
+    url
 }
 
 fn event(id: &str) -> AuditEvent {
@@ -236,54 +251,15 @@ async fn mtls_receiver(server_ca: &Ca, client_ca: &Ca, received: Received) -> St
         .with_client_cert_verifier(verifier)
         .with_single_cert(vec![cert], key)
         .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("https://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let (acceptor, received) = (acceptor.clone(), received.clone());
-            tokio::spawn(async move {
-                // Without a client certificate signed by the client CA, the handshake fails.
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 8192];
-                loop {
-                    let n = tls.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&buf[..i]).to_lowercase();
-                    let length: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
-                    if buf.len() >= i + 4 + length {
-                        let batch: Vec<Value> =
-                            serde_json::from_slice(&buf[i + 4..i + 4 + length]).unwrap();
-                        received.lock().unwrap().push(batch);
-                        break;
-                    }
-                }
-                let _ = tls
-                    .write_all(
-                        b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                    )
-                    .await;
-                let _ = tls.shutdown().await;
-            });
-        }
-    });
-    url
+    // Without a client certificate signed by the client CA, the handshake fails.
+    serve_https(config, move |_, body| {
+        received
+            .lock()
+            .unwrap()
+            .push(serde_json::from_slice(body).unwrap());
+        "201 Created"
+    })
+    .await
 }
 
 #[tokio::test]
