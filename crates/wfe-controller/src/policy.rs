@@ -246,15 +246,16 @@ mod tests {
     const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
     fn spec(image: &str, sa: Option<&str>, secrets: &[&str]) -> WorkflowExecutionSpec {
-        let mut s = json!({
-            "workflowRef": {"workflowId": "restart", "version": "1", "containerImage": image,
-                "dependencies": {"secrets": secrets.iter().map(|n| json!({"name": n})).collect::<Vec<_>>()}},
-            "targetResource": "ns/Deployment/app", "remediationRequestRef": {"name": "rr"}
-        });
+        let secrets: Vec<_> = secrets.iter().map(|n| json!({"name": n})).collect();
+        let mut w = wfe_api::testing::wfe("w")
+            .workflow("restart")
+            .image(image)
+            .workflow_ref("dependencies", json!({"secrets": secrets}))
+            .target("ns/Deployment/app");
         if let Some(sa) = sa {
-            s["executionConfig"] = json!({"serviceAccountName": sa});
+            w = w.spec("executionConfig", json!({"serviceAccountName": sa}));
         }
-        serde_json::from_value(s).unwrap()
+        w.build().spec
     }
 
     fn policy() -> WorkflowPolicy {
