@@ -137,6 +137,16 @@ fn fmt(v: f64) -> String {
     }
 }
 
+/// The names of the workloads of a results file, in their order.
+fn workload_names(results: &Value) -> Vec<String> {
+    results["workloads"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|w| w["name"].as_str().map(str::to_string))
+        .collect()
+}
+
 /// A workload by name.
 fn workload<'a>(results: &'a Value, name: &str) -> Option<&'a Value> {
     results["workloads"]
@@ -243,14 +253,7 @@ pub struct Goal {
 
 fn goals(ours: &Value, reference: &Value) -> Vec<Goal> {
     let mut out = Vec::new();
-    let names: Vec<String> = ours["workloads"]
-        .as_array()
-        .map(|ws| {
-            ws.iter()
-                .filter_map(|w| w["name"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
+    let names = workload_names(ours);
     let pair = |n: &str| Some((workload(ours, n)?, workload(reference, n)?));
     let biggest_burst = names
         .iter()
@@ -388,14 +391,7 @@ fn markdown(ours: &Value, reference: &Value, pictures: &[(String, String)]) -> S
         ));
     }
     md.push('\n');
-    let names: Vec<String> = ours["workloads"]
-        .as_array()
-        .map(|ws| {
-            ws.iter()
-                .filter_map(|w| w["name"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
+    let names = workload_names(ours);
     for n in &names {
         let (Some(o), Some(r)) = (workload(ours, n), workload(reference, n)) else {
             continue;
@@ -651,10 +647,8 @@ pub fn run(ours_path: &Path, reference_path: &Path, out: &Path, docs: Option<&Pa
         .unwrap_or_else(|| dir_of(out));
     let mut pictures = Vec::new();
     let mut samples = BTreeMap::new();
-    for w in ours["workloads"].as_array().into_iter().flatten() {
-        let Some(name) = w["name"].as_str() else {
-            continue;
-        };
+    for name in workload_names(&ours) {
+        let name = name.as_str();
         let load = |d: &Path| {
             std::fs::read_to_string(samples_file(d, name))
                 .map(|t| parse_samples(&t))
