@@ -10,7 +10,7 @@ use kube::{
 use wfe_api::{FailureReason, Phase, TargetKey, WorkflowExecution, conditions as cond};
 use wfe_executor::{CreateOutcome, Executor, Failure};
 
-use super::{Context, Error, effects, id_of};
+use super::{Context, Error, effects, effects::Release, id_of};
 use crate::{
     guards::{Prior, Verdict, evaluate},
     transitions,
@@ -234,7 +234,22 @@ impl Context {
             self.now(),
         );
         self.memory.claim(key, wfe, id_of(wfe));
-        self.conclude(wfe, e).await
+        match self.conclude(wfe, e).await {
+            Err(Error::Kube(kube::Error::Api(s))) if s.code == 404 => {
+                // The request is gone although its finalizer was added before the create: the
+                // API server can complete a delete that raced with the finalizer's patch. Nothing
+                // would ever remove what was just created, and it would hold the target: remove it
+                // now (owner-checked, as any release).
+                tracing::warn!(
+                    wfe = %id_of(wfe),
+                    "the WorkflowExecution was deleted while its execution resource was created; removing it"
+                );
+                self.release_lock(wfe, Release::Deleted).await?;
+                self.memory.drop_claim(key, wfe.uid().as_deref());
+                Ok(Action::await_change())
+            }
+            other => other,
+        }
     }
 
     /// Ends the request before anything ran; `blocked`: the guard reason to count.
