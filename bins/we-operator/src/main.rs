@@ -264,13 +264,7 @@ async fn wait_for_crd(client: &Client, state: &admin::State) {
     loop {
         let reason = match crds.get_opt(name).await {
             Ok(Some(crd)) => {
-                let established = crd
-                    .status
-                    .and_then(|s| s.conditions)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True");
-                if established {
+                if wfe_api::crd_established(&crd) {
                     state.set_not_ready(None);
                     return;
                 }

@@ -5,9 +5,9 @@
 
 mod common;
 
-use std::{process::Stdio, time::Duration};
+use std::time::Duration;
 
-use common::{admin_with_deploy, as_user, free_port, grant, refusal, repo};
+use common::{admin_with_deploy, as_user, free_port, grant, refusal};
 use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, Patch, PatchParams, PostParams},
@@ -139,20 +139,13 @@ async fn the_api_server_stamps_who_created_and_who_cleared_and_refuses_forgeries
 
     let audit = AuditReceiver::start().await.unwrap();
     let audit_url = audit.url.clone();
-    let log = std::fs::File::create(repo().join("target/we-operator-clearance.log")).unwrap();
-    let mut operator = tokio::process::Command::new(env!("CARGO_BIN_EXE_we-operator"))
-        .args(["run", "--watch-namespace", &ns])
-        .args(["--execution-namespace", &exec_ns])
-        .args(["--leader-election=false", "--audit-url", &audit_url])
-        .args(["--health-address", &format!("127.0.0.1:{}", free_port())])
-        .args(["--metrics-address", &format!("127.0.0.1:{}", free_port())])
-        .args(["--log-format", "json"])
-        .env("KUBECONFIG", wfe_testing::kubeconfig_path())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut operator = common::local_operator(
+        &ns,
+        &exec_ns,
+        free_port(),
+        "we-operator-clearance.log",
+        &["--audit-url", &audit_url],
+    );
 
     // Alice creates a request claiming to be someone else: the API server stamps her name.
     let created = alice

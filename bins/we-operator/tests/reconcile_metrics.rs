@@ -5,9 +5,9 @@
 
 mod common;
 
-use std::{process::Stdio, time::Duration};
+use std::time::Duration;
 
-use common::{free_port, http_get, repo};
+use common::{free_port, http_get};
 use kube::{
     Api,
     api::{DeleteParams, PostParams},
@@ -80,22 +80,13 @@ async fn reconciles_are_counted_by_result_timed_and_errors_by_category() {
     let audit = AuditReceiver::start().await.unwrap();
     let metrics_port = free_port();
     let metrics = format!("http://127.0.0.1:{metrics_port}");
-    let log =
-        std::fs::File::create(repo().join("target/we-operator-reconcile-metrics.log")).unwrap();
-    let _operator = tokio::process::Command::new(env!("CARGO_BIN_EXE_we-operator"))
-        .args(["run", "--watch-namespace", &ns])
-        .args(["--execution-namespace", &exec_ns])
-        .args(["--leader-election=false", "--audit-url", &audit.url])
-        .args(["--concurrency", "3"])
-        .args(["--health-address", &format!("127.0.0.1:{}", free_port())])
-        .args(["--metrics-address", &format!("127.0.0.1:{metrics_port}")])
-        .args(["--log-format", "json"])
-        .env("KUBECONFIG", wfe_testing::kubeconfig_path())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let _operator = common::local_operator(
+        &ns,
+        &exec_ns,
+        metrics_port,
+        "we-operator-reconcile-metrics.log",
+        &["--audit-url", &audit.url, "--concurrency", "3"],
+    );
 
     // Before any reconcile: the series exist (rates and ratios have a denominator), nothing runs.
     let before = wfe_testing::wait_for("the operator to run", Duration::from_secs(60), || async {

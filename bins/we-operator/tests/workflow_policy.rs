@@ -92,25 +92,19 @@ async fn a_changed_policy_file_is_reloaded_and_a_bad_one_keeps_the_last_good_pol
     let metrics_port = common::free_port();
     let metrics = format!("http://127.0.0.1:{metrics_port}/metrics");
     let log_path = common::repo().join("target/we-operator-policy-reload.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let _operator = tokio::process::Command::new(env!("CARGO_BIN_EXE_we-operator"))
-        .args(["run", "--watch-namespace", &ns])
-        .args(["--execution-namespace", &exec_ns])
-        .args(["--leader-election=false", "--log-format", "json"])
-        .arg("--workflow-policy-file")
-        .arg(dir.join("policy.yaml"))
-        .args(["--workflow-policy-reload-interval", "1s"])
-        .args([
-            "--health-address",
-            &format!("127.0.0.1:{}", common::free_port()),
-        ])
-        .args(["--metrics-address", &format!("127.0.0.1:{metrics_port}")])
-        .env("KUBECONFIG", wfe_testing::kubeconfig_path())
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let policy = dir.join("policy.yaml").display().to_string();
+    let _operator = common::local_operator(
+        &ns,
+        &exec_ns,
+        metrics_port,
+        "we-operator-policy-reload.log",
+        &[
+            "--workflow-policy-file",
+            &policy,
+            "--workflow-policy-reload-interval",
+            "1s",
+        ],
+    );
 
     let wfes: Api<WorkflowExecution> = Api::namespaced(admin.clone(), &ns);
     let image = format!("other.example.com/team/w@sha256:{}", "ab".repeat(32));

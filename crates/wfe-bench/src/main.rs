@@ -669,7 +669,7 @@ async fn main() -> Result<()> {
     // The two controllers' CRDs share a name: the one of this run's subject is put in place.
     let crd = match &subject {
         subject::Subject::Reference(r) => r.crd.clone(),
-        subject::Subject::Ours => args.repo.join(setup::OUR_CRD),
+        subject::Subject::Ours => args.repo.join(wfe_api::CRD_PATH),
     };
     setup::install_crd(&client, &crd).await?;
     setup::prepare(&client, &args.repo).await?;

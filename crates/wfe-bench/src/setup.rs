@@ -99,9 +99,6 @@ pub async fn prepare(client: &Client, repo: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Our CRD, as `cargo xtask crdgen` writes it (relative to the repository).
-pub const OUR_CRD: &str = "deploy/crds/workflowexecutions.kubernaut.ai.yaml";
-
 /// The reference's ServiceAccount (in [`SYSTEM_NS`]).
 pub const REFERENCE_ACCOUNT: &str = "kubernaut-workflowexecution";
 
@@ -140,14 +137,7 @@ pub async fn install_crd(client: &Client, path: &Path) -> Result<()> {
         .await
         .with_context(|| format!("creating the CRD of {}", path.display()))?;
     loop {
-        let crd = crds.get(&name).await?;
-        let established = crd
-            .status
-            .and_then(|s| s.conditions)
-            .unwrap_or_default()
-            .iter()
-            .any(|c| c.type_ == "Established" && c.status == "True");
-        if established {
+        if wfe_api::crd_established(&crds.get(&name).await?) {
             // Discovery and the API server's handlers catch up a moment later.
             tokio::time::sleep(std::time::Duration::from_secs(2)).await;
             return Ok(());

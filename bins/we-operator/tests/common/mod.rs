@@ -359,3 +359,29 @@ pub async fn wait_phase(
     })
     .await
 }
+
+/// The operator binary on the local cluster's admin kubeconfig, without leader election: it
+/// watches `ns`, creates executions in `exec_ns`, serves metrics on `metrics_port` and logs JSON
+/// to `log` (under the repository's `target/`); `extra` flags follow. Killed when dropped.
+pub fn local_operator(
+    ns: &str,
+    exec_ns: &str,
+    metrics_port: u16,
+    log: &str,
+    extra: &[&str],
+) -> tokio::process::Child {
+    let log = std::fs::File::create(repo().join("target").join(log)).unwrap();
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_we-operator"))
+        .args(["run", "--watch-namespace", ns])
+        .args(["--execution-namespace", exec_ns])
+        .args(["--leader-election=false", "--log-format", "json"])
+        .args(["--health-address", &format!("127.0.0.1:{}", free_port())])
+        .args(["--metrics-address", &format!("127.0.0.1:{metrics_port}")])
+        .args(extra)
+        .env("KUBECONFIG", wfe_testing::kubeconfig_path())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}

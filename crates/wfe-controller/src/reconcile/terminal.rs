@@ -40,9 +40,10 @@ impl Context {
             );
             let now = self.now();
             let overdue = Duration::try_from(now.duration_since(release_at)).unwrap_or_default();
+            let ready = self.index.ready();
             if now >= release_at
                 && dispatch_first(
-                    self.index.ready(),
+                    ready,
                     self.index.others_live(&wfe.target_key(), &wfe),
                     overdue,
                 )
@@ -51,7 +52,7 @@ impl Context {
                 // gone (or DEFER_AT_MOST after it was due).
                 tracing::debug!(
                     name = %wfe.name_any(),
-                    ready = self.index.ready(),
+                    ready,
                     "lock release deferred: executions wait for their dispatch"
                 );
                 next = Some(next.map_or(DEFER_STEP, |n| n.min(DEFER_STEP)));
