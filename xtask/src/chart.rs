@@ -87,6 +87,36 @@ pub fn run(root: &Path, cmd: ChartCmd) -> Result<()> {
     }
 }
 
+/// The chart the upgrade is tested from: no chart has been released yet, so it is the chart of
+/// the last commit CI checked before the chart changed again (replace it with the previous
+/// release's tag once there is one).
+const PREVIOUS_CHART: &str = "d64ad6503773200f221125576c7b28e6f83bf383";
+
+/// The chart of [`PREVIOUS_CHART`], taken out of the repository's history into target/helm;
+/// returns its folder.
+fn previous_chart(root: &Path) -> Result<String> {
+    let dest = root.join("target/helm/previous");
+    if dest.exists() {
+        std::fs::remove_dir_all(&dest)?;
+    }
+    std::fs::create_dir_all(&dest)?;
+    let archive = Command::new("git")
+        .current_dir(root)
+        .args(["archive", "--format=tar", PREVIOUS_CHART, CHART])
+        .output()
+        .context("running git archive")?;
+    ensure!(
+        archive.status.success(),
+        "the previous chart ({PREVIOUS_CHART}) is not in this clone's history ({}): the upgrade \
+         check needs it (git fetch --unshallow)",
+        String::from_utf8_lossy(&archive.stderr).trim()
+    );
+    tar::Archive::new(&archive.stdout[..])
+        .unpack(&dest)
+        .context("unpacking the previous chart")?;
+    Ok(dest.join(CHART).to_string_lossy().into_owned())
+}
+
 /// The Helm of the cache, built from xtask/controlplane/helm when missing or of another version.
 pub fn helm(root: &Path) -> Result<PathBuf> {
     let module = root.join("xtask/controlplane/helm");
@@ -345,15 +375,34 @@ fn check(root: &Path) -> Result<()> {
         a.extend(["--kubeconfig", &kubeconfig]);
         helm_out(&helm, root, &a)
     };
-    println!("==> chart: helm install, upgrade and uninstall on the local cluster");
+    println!(
+        "==> chart: helm install of the previous chart ({}), upgrade to this one and to non-default values, uninstall",
+        &PREVIOUS_CHART[..12]
+    );
+    let previous = previous_chart(root)?;
     let _ = helm_k(&["uninstall", release, "--namespace", ns, "--wait"]);
     helm_k(&[
         "install",
         release,
-        CHART,
+        &previous,
         "--namespace",
         ns,
         "--create-namespace",
+        "--take-ownership",
+        "--force-conflicts",
+        "--set",
+        "namespaces.execution=wfe-chart-check-runs",
+        "--wait",
+        "--timeout",
+        "3m",
+    ])?;
+    // The upgrade from the previous chart, with the same values.
+    helm_k(&[
+        "upgrade",
+        release,
+        CHART,
+        "--namespace",
+        ns,
         "--take-ownership",
         "--force-conflicts",
         "--set",

@@ -110,7 +110,7 @@ fn image_check(root: &Path) -> Result<()> {
     crate::image::run(
         root,
         &crate::image::Args {
-            platform: vec!["linux/amd64".into()],
+            platform: vec!["linux/amd64".into(), "linux/arm64".into()],
             push: Some(repo),
         },
     )?;

@@ -38,8 +38,8 @@ const MEDIA_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Platforms to build, as os/arch (today: linux/amd64; see docs/operations.md for arm64).
-    #[arg(long, value_delimiter = ',', default_value = "linux/amd64")]
+    /// Platforms to build, as os/arch.
+    #[arg(long, value_delimiter = ',', default_value = "linux/amd64,linux/arm64")]
     pub platform: Vec<String>,
     /// Also push the image index to this repository (e.g. 127.0.0.1:5000/we-operator); the
     /// tag is the workspace version.
@@ -54,6 +54,9 @@ pub struct Platform {
     pub arch: &'static str,
     triple: &'static str,
     elf_machine: u16,
+    /// zig's name of the target when it is cross-built with the [`crate::cross`] kit; `None`
+    /// for the build machine's own target.
+    cross: Option<&'static str>,
 }
 
 const PLATFORMS: [Platform; 2] = [
@@ -62,12 +65,14 @@ const PLATFORMS: [Platform; 2] = [
         arch: "amd64",
         triple: "x86_64-unknown-linux-gnu",
         elf_machine: 62,
+        cross: None,
     },
     Platform {
         os: "linux",
         arch: "arm64",
-        triple: "aarch64-unknown-linux-gnu",
+        triple: "aarch64-unknown-linux-musl",
         elf_machine: 183,
+        cross: Some("aarch64-linux-musl"),
     },
 ];
 
@@ -153,59 +158,46 @@ pub struct ImageFiles {
     pub sbom: Vec<u8>,
 }
 
-/// Builds the static release binary of one platform in its own target folder.
+/// Builds the static release binary of one platform in its own target folder: the build
+/// machine's target with static glibc (`crt-static`), other targets with the musl kit of
+/// [`crate::cross`].
 fn build_binary(root: &Path, out: &Path, p: &Platform) -> Result<PathBuf> {
-    let installed = Command::new("rustc")
-        .args(["--print", "target-libdir", "--target", p.triple])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
-        .is_some_and(|dir| has_std(&dir));
-    if !installed {
-        bail!(
-            "{}/{} needs the Rust standard library for {} (`rustup target add {}`) and a linker \
-             for it; this toolchain has none",
-            p.os,
-            p.arch,
-            p.triple,
-            p.triple
-        );
-    }
     let target_dir = out.join("cargo");
     let cargo_home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
         .unwrap_or_default();
-    // Static glibc (`crt-static`) for the target only (build scripts and proc macros stay
-    // dynamic), and no build-machine paths in the binary.
-    let flags = format!(
-        "-C target-feature=+crt-static --remap-path-prefix={}=/src --remap-path-prefix={}=/cargo",
+    // No build-machine paths in the binary; flags for the target only (build scripts and proc
+    // macros are built for the build machine as usual).
+    let mut flags = format!(
+        "--remap-path-prefix={}=/src --remap-path-prefix={}=/cargo",
         root.display(),
         cargo_home.display()
     );
+    let kit = p
+        .cross
+        .map(|zig_target| crate::cross::kit(p.triple, zig_target))
+        .transpose()?;
+    let mut cmd = kit
+        .as_ref()
+        .map_or_else(|| crate::command("cargo"), |k| k.cargo());
+    cmd.current_dir(root)
+        .args(["build", "--release", "--locked", "-p", "we-operator"])
+        .args(["--target", p.triple])
+        .env("CARGO_TARGET_DIR", &target_dir);
+    match &kit {
+        None => flags.push_str(" -C target-feature=+crt-static"),
+        Some(kit) => kit.configure(&mut cmd, p.triple, &mut flags),
+    }
     let env_key = format!(
         "CARGO_TARGET_{}_RUSTFLAGS",
         p.triple.to_uppercase().replace('-', "_")
     );
-    let mut cmd = crate::command("cargo");
-    cmd.current_dir(root)
-        .args(["build", "--release", "--locked", "-p", "we-operator"])
-        .args(["--target", p.triple])
-        .env("CARGO_TARGET_DIR", &target_dir)
-        .env(env_key, flags);
+    cmd.env(env_key, flags);
     eprintln!("==> image: static we-operator for {}/{}", p.os, p.arch);
     let status = cmd.status().context("running cargo build")?;
     ensure!(status.success(), "cargo build for {} failed", p.triple);
     Ok(target_dir.join(p.triple).join("release/we-operator"))
-}
-
-fn has_std(libdir: &Path) -> bool {
-    std::fs::read_dir(libdir).is_ok_and(|entries| {
-        entries
-            .flatten()
-            .any(|e| e.file_name().to_string_lossy().starts_with("libstd-"))
-    })
 }
 
 /// Fails unless `path` is an ELF executable of the platform's machine with no program
@@ -699,8 +691,8 @@ pub fn push(root: &Path, built: &Built, repo: &str) -> Result<String> {
 }
 
 /// Pulls `repo@digest` back into a new layout with crane, checks that the registry serves the
-/// same index digest and that every blob matches its digest (`crane validate`), and runs the
-/// binary taken out of the pulled layer. Returns the binary's `--version` line.
+/// same index digest and that every blob matches its digest (`crane validate`), and runs each
+/// platform's binary taken out of its pulled layer. Returns their `--version` lines.
 pub fn verify_pushed(root: &Path, built: &Built, repo: &str) -> Result<String> {
     let crane = crate::cluster::crane(root)?;
     let reference = format!("{repo}@{}", built.digest);
@@ -742,7 +734,8 @@ pub fn verify_pushed(root: &Path, built: &Built, repo: &str) -> Result<String> {
         "the pulled layout holds {digests:?}, not {}",
         built.digest
     );
-    // Take the amd64 binary out of the pulled layer and run it.
+    // Take each platform's binary out of its pulled layer and run it: natively on the build
+    // machine's architecture, under qemu's user-mode emulator on the other.
     let blob = |d: &str| {
         std::fs::read(
             pulled
@@ -751,39 +744,55 @@ pub fn verify_pushed(root: &Path, built: &Built, repo: &str) -> Result<String> {
         )
     };
     let image_index: Value = serde_json::from_slice(&blob(&built.digest)?)?;
-    let amd64 = image_index["manifests"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|m| m["platform"]["architecture"] == "amd64")
-        .and_then(|m| m["digest"].as_str())
-        .context("the pulled index has no linux/amd64 image")?;
-    let manifest: Value = serde_json::from_slice(&blob(amd64)?)?;
-    let layer_digest = manifest["layers"][0]["digest"]
-        .as_str()
-        .context("the pulled image has no layer")?;
-    let gz = blob(layer_digest)?;
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&gz[..]));
-    let binary = pulled.join("we-operator");
-    let mut found = false;
-    for entry in archive.entries()? {
-        let mut entry = entry?;
-        if entry.path()?.as_os_str() == "we-operator" {
-            entry.unpack(&binary)?;
-            found = true;
+    let mut versions = Vec::new();
+    for m in image_index["manifests"].as_array().into_iter().flatten() {
+        let arch = m["platform"]["architecture"]
+            .as_str()
+            .context("an index entry without an architecture")?;
+        let digest = m["digest"]
+            .as_str()
+            .context("an index entry without a digest")?;
+        let manifest: Value = serde_json::from_slice(&blob(digest)?)?;
+        let layer_digest = manifest["layers"][0]["digest"]
+            .as_str()
+            .context("the pulled image has no layer")?;
+        let gz = blob(layer_digest)?;
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&gz[..]));
+        let binary = pulled.join(format!("we-operator-{arch}"));
+        let mut found = false;
+        for entry in archive.entries()? {
+            let mut entry = entry?;
+            if entry.path()?.as_os_str() == "we-operator" {
+                entry.unpack(&binary)?;
+                found = true;
+            }
         }
+        ensure!(found, "the pulled {arch} layer has no /we-operator");
+        let mut cmd = match arch {
+            "amd64" => Command::new(&binary),
+            "arm64" => {
+                let mut cmd = Command::new(crate::cross::qemu_aarch64()?);
+                cmd.arg(&binary);
+                cmd
+            }
+            other => bail!("no way to run a linux/{other} binary here"),
+        };
+        let out = cmd
+            .arg("--version")
+            .output()
+            .with_context(|| format!("running {}", binary.display()))?;
+        ensure!(
+            out.status.success(),
+            "the pulled {arch} binary fails: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        versions.push(format!(
+            "{arch}: {}",
+            String::from_utf8_lossy(&out.stdout).trim()
+        ));
     }
-    ensure!(found, "the pulled layer has no /we-operator");
-    let out = Command::new(&binary)
-        .arg("--version")
-        .output()
-        .with_context(|| format!("running {}", binary.display()))?;
-    ensure!(
-        out.status.success(),
-        "the pulled binary fails: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    ensure!(!versions.is_empty(), "the pulled index lists no image");
+    Ok(versions.join(", "))
 }
 
 #[cfg(test)]

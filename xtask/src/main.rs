@@ -3,6 +3,7 @@
 mod bench;
 mod chart;
 mod cluster;
+mod cross;
 mod flows;
 mod fresh;
 mod image;

@@ -1,5 +1,5 @@
 //! The guarantees of deploy/admission-policies.yaml, enforced by the real API server itself
-//! (ValidatingAdmissionPolicy): users act through impersonation with full RBAC rights on
+//! (Validating- and MutatingAdmissionPolicy): users act through impersonation with full RBAC rights on
 //! WorkflowExecutions and their status, and still cannot rewrite the operator's record or
 //! silently lift a block by deleting the execution that set it.
 
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use kube::{
-    Api,
+    Api, ResourceExt,
     api::{DeleteParams, Patch, PatchParams, PostParams},
 };
 use serde_json::{Value, json};
@@ -154,4 +154,46 @@ async fn only_the_operator_writes_status_and_a_blocking_execution_cannot_be_dele
 
     // Break-glass: a cluster administrator may delete a blocking execution.
     wfes.delete(&b, &DeleteParams::default()).await.unwrap();
+
+    // No operator runs here to remove the finalizer the creation policy may have added.
+    for n in [&a, &b] {
+        let _ = wfes
+            .patch_metadata(
+                n,
+                &merge,
+                &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+            )
+            .await;
+    }
+}
+
+/// The finalizer is on a WorkflowExecution from its creation (policy 5), so the operator's
+/// first write on a new request is its dispatch. Shown with dry-run creates, which go through
+/// admission and store nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_finalizer_is_there_from_creation() {
+    let admin =
+        admin_with_deploy(&["namespaces.yaml", "rbac.yaml", "admission-policies.yaml"]).await;
+    let wfes = Api::<WorkflowExecution>::namespaced(admin.clone(), SYSTEM_NS);
+    let dry = PostParams {
+        dry_run: true,
+        field_manager: None,
+    };
+    let created = wfe_testing::wait_for(
+        "the finalizer policy to add the finalizer",
+        Duration::from_secs(30),
+        || async {
+            let created = wfes.create(&dry, &request("finalizer-at-creation")).await;
+            created
+                .ok()
+                .filter(|w| w.finalizers().iter().any(|f| f == wfe_api::FINALIZER))
+        },
+    )
+    .await;
+    assert_eq!(created.finalizers(), [wfe_api::FINALIZER], "exactly once");
+    // A request that names the finalizer already keeps one copy of it.
+    let mut named = request("finalizer-named");
+    named.metadata.finalizers = Some(vec![wfe_api::FINALIZER.to_string()]);
+    let created = wfes.create(&dry, &named).await.unwrap();
+    assert_eq!(created.finalizers(), [wfe_api::FINALIZER]);
 }

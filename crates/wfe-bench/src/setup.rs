@@ -42,7 +42,12 @@ pub async fn admin_client(kubeconfig: &Path) -> Result<Client> {
 pub async fn apply_file(client: &Client, discovery: &Discovery, path: &Path) -> Result<()> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    for doc in serde_yaml::Deserializer::from_str(&text) {
+    apply_yaml(client, discovery, &text, path).await
+}
+
+/// Server-side applies every document of `text` (read from `path`).
+async fn apply_yaml(client: &Client, discovery: &Discovery, text: &str, path: &Path) -> Result<()> {
+    for doc in serde_yaml::Deserializer::from_str(text) {
         let value = serde_yaml::Value::deserialize(doc)?;
         if value.is_null() {
             continue;
@@ -83,6 +88,13 @@ pub async fn prepare(client: &Client, repo: &Path) -> Result<()> {
     for f in ["namespaces.yaml", "rbac.yaml", "workflow-runner.yaml"] {
         apply_file(client, &discovery, &repo.join("deploy").join(f)).await?;
     }
+    // The admission policies of the install, bound to the bench namespace (the operator's
+    // watched namespace here): their cost on the API server is part of ours, and one of them
+    // puts the finalizer on each request at its creation.
+    let path = repo.join("deploy/admission-policies.yaml");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    apply_yaml(client, &discovery, &bound_to_bench(&text)?, &path).await?;
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns: Namespace = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Namespace",
@@ -97,6 +109,16 @@ pub async fn prepare(client: &Client, repo: &Path) -> Result<()> {
         .await
         .context("creating the bench namespace")?;
     Ok(())
+}
+
+/// The admission policies of deploy/ with their bindings scoped to [`BENCH_NS`] instead of
+/// [`SYSTEM_NS`], the namespace the plain manifests watch.
+pub fn bound_to_bench(policies: &str) -> Result<String> {
+    let scope = format!("values: [\"{SYSTEM_NS}\"]");
+    if !policies.contains(&scope) {
+        bail!("deploy/admission-policies.yaml has no binding scoped by `{scope}`");
+    }
+    Ok(policies.replace(&scope, &format!("values: [\"{BENCH_NS}\"]")))
 }
 
 /// The reference's ServiceAccount (in [`SYSTEM_NS`]).
@@ -227,4 +249,25 @@ pub async fn operator_kubeconfig(
     let path = dir.join(format!("{account}.kubeconfig"));
     std::fs::write(&path, serde_yaml::to_string(&kubeconfig)?)?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_policy_binding_of_deploy_is_bound_to_the_bench_namespace() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/admission-policies.yaml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let bound = bound_to_bench(&text).unwrap();
+        let bindings = bound.matches("PolicyBinding\n").count();
+        assert!(bindings >= 5, "{bindings} bindings");
+        assert_eq!(
+            bound.matches(&format!("values: [\"{BENCH_NS}\"]")).count(),
+            bindings
+        );
+        assert!(!bound.contains(&format!("values: [\"{SYSTEM_NS}\"]")));
+        assert!(bound_to_bench("kind: Nothing").is_err());
+    }
 }
