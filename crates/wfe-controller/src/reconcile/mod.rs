@@ -10,6 +10,7 @@
 //! | `memory.rs` | what the process remembers of each object beyond the cache, one map, one `forget` |
 //! | `effects.rs` | transitions as values: status, Event, metrics, audit timing, what follows |
 //! | `status.rs` | the one status writer, and `conclude`, which carries out an [`effects::Effects`] |
+//! | `events.rs` | Kubernetes Events, queued and published after dispatch work |
 //! | `pending.rs` | validation, guards and dispatch |
 //! | `running.rs` | observation and the outcome |
 //! | `terminal.rs` | after the outcome: block clearing, audit, lock release |
@@ -23,6 +24,7 @@ mod config;
 mod delivery;
 pub mod effects;
 mod error;
+mod events;
 mod index;
 pub mod memory;
 mod pending;
@@ -70,8 +72,8 @@ pub struct Context {
     pub index: Arc<TargetIndex>,
     /// Audit delivery.
     pub audit: Arc<dyn AuditSink>,
-    /// Kubernetes Events.
-    pub recorder: Recorder,
+    /// Kubernetes Events, published in the background ([`events`]).
+    events: events::Events,
     /// What this process remembers of each object beyond the cache.
     memory: memory::Memory,
     /// Serializes guard evaluation and dispatch per target within this process.
@@ -103,9 +105,9 @@ impl Context {
             registry,
             cfg,
             store,
+            events: events::Events::start(recorder, index.clone()),
             index,
             audit,
-            recorder,
             memory: memory::Memory::default(),
             target_locks: Mutex::default(),
         }

@@ -60,10 +60,8 @@ impl Context {
         }
     }
 
-    /// Publishes a Kubernetes Event without delaying the reconcile.
+    /// Queues a Kubernetes Event; it never delays the reconcile ([`super::events`]).
     pub(super) fn event(&self, wfe: &WorkflowExecution, note: &Note) {
-        let recorder = self.recorder.clone();
-        let reference = wfe.object_ref(&());
         let ev = KubeEvent {
             type_: note.type_,
             reason: note.reason.clone(),
@@ -71,11 +69,7 @@ impl Context {
             action: note.action.into(),
             secondary: None,
         };
-        tokio::spawn(async move {
-            if let Err(e) = recorder.publish(&ev, &reference).await {
-                tracing::debug!(error = %e, "cannot publish event");
-            }
-        });
+        self.events.publish(ev, wfe.object_ref(&()));
     }
 
     /// An Event that is not part of a transition (refusals, clean-up failures).

@@ -1,0 +1,105 @@
+//! Kubernetes Events, published off the reconcile path and after dispatch work.
+//!
+//! A reconcile queues its Event and goes on; one task publishes them in order of queueing with a
+//! few requests in flight. Events are bookkeeping (three of an execution's eight requests): while
+//! executions wait for their dispatch ([`TargetIndex::ready`]), a `Normal` Event waits too, at
+//! most [`DEFER_AT_MOST`] after it was queued, so that under a burst the API server serves the
+//! dispatches first. `Warning` Events (refusals, failures) never wait. The in-flight bound keeps a
+//! burst from opening a request per Event at once.
+
+use std::{sync::Arc, time::Duration};
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::{Event, EventType, Recorder};
+use tokio::{sync::mpsc, task::JoinSet, time::Instant};
+
+use crate::TargetIndex;
+
+/// Events queued and not yet published; beyond that an Event is published at once.
+const CAPACITY: usize = 4096;
+/// Event requests in flight at most.
+const IN_FLIGHT: usize = 4;
+/// How often a deferred Event looks again.
+const DEFER_STEP: Duration = Duration::from_millis(100);
+/// A `Normal` Event waits at most this long for the dispatch backlog.
+pub const DEFER_AT_MOST: Duration = Duration::from_secs(15);
+
+struct Queued {
+    event: Event,
+    reference: ObjectReference,
+    at: Instant,
+}
+
+/// The sending side of the Event queue.
+#[derive(Clone)]
+pub struct Events {
+    tx: mpsc::Sender<Queued>,
+    recorder: Recorder,
+}
+
+impl Events {
+    /// Starts the publishing task (on the current Tokio runtime); it ends when every `Events` is
+    /// dropped and the queue is empty.
+    pub fn start(recorder: Recorder, index: Arc<TargetIndex>) -> Self {
+        let (tx, rx) = mpsc::channel(CAPACITY);
+        tokio::spawn(drain(rx, recorder.clone(), index));
+        Events { tx, recorder }
+    }
+
+    /// Queues `event` about the object of `reference`.
+    pub fn publish(&self, event: Event, reference: ObjectReference) {
+        let queued = Queued {
+            event,
+            reference,
+            at: Instant::now(),
+        };
+        if let Err(e) = self.tx.try_send(queued) {
+            // Full (or the task is gone): publish it now rather than lose it.
+            let Queued {
+                event, reference, ..
+            } = e.into_inner();
+            tokio::spawn(send(self.recorder.clone(), event, reference));
+        }
+    }
+}
+
+async fn drain(mut rx: mpsc::Receiver<Queued>, recorder: Recorder, index: Arc<TargetIndex>) {
+    let mut in_flight = JoinSet::new();
+    while let Some(q) = rx.recv().await {
+        while waits(q.event.type_, index.ready(), q.at.elapsed()) {
+            tokio::time::sleep(DEFER_STEP).await;
+        }
+        while in_flight.len() >= IN_FLIGHT {
+            in_flight.join_next().await;
+        }
+        in_flight.spawn(send(recorder.clone(), q.event, q.reference));
+    }
+    while in_flight.join_next().await.is_some() {}
+}
+
+async fn send(recorder: Recorder, event: Event, reference: ObjectReference) {
+    if let Err(e) = recorder.publish(&event, &reference).await {
+        tracing::debug!(error = %e, reason = %event.reason, "cannot publish event");
+    }
+}
+
+/// Whether an Event of `type_`, queued `waited` ago, waits while `ready` executions wait for
+/// their dispatch.
+fn waits(type_: EventType, ready: usize, waited: Duration) -> bool {
+    type_ == EventType::Normal && ready > 0 && waited < DEFER_AT_MOST
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normal_events_wait_for_dispatch_but_not_forever_and_warnings_never() {
+        let s = Duration::from_secs;
+        assert!(waits(EventType::Normal, 5, s(0)));
+        assert!(waits(EventType::Normal, 1, s(14)));
+        assert!(!waits(EventType::Normal, 0, s(0)), "nothing waits");
+        assert!(!waits(EventType::Normal, 5, DEFER_AT_MOST), "waited enough");
+        assert!(!waits(EventType::Warning, 5, s(0)), "warnings go at once");
+    }
+}
