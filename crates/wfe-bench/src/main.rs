@@ -711,7 +711,7 @@ async fn main() -> Result<()> {
             setup::BENCH_NS
         ),
         subject::Subject::Ours => format!(
-            "`{} {}` (release build, authenticated as the `we-operator` ServiceAccount with the RBAC of deploy/, the admission policies of deploy/ bound to the bench namespace, concurrency 16 by default)",
+            "`{} {}` (release build, authenticated as the `we-operator` ServiceAccount with the RBAC of deploy/ and the finalizer admission policy bound to the bench namespace, concurrency 16 by default)",
             args.operator
                 .file_name()
                 .map(|f| f.to_string_lossy().into_owned())
