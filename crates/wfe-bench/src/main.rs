@@ -435,8 +435,14 @@ impl Bench {
         }
         let limit = Duration::from_secs(120) + Duration::from_millis(300) * n as u32;
         let finished = tracker.wait_finished(n, limit).await;
-        // Events are published by spawned tasks: let the last ones go out.
+        // Work that trails the last outcome belongs to the workload. Ours queues its Events (at
+        // most 15 s late under saturation): wait until it is idle. The reference publishes its
+        // Events inside its reconciles, and its 10 s requeues never let it idle: one second.
         tokio::time::sleep(Duration::from_secs(1)).await;
+        if matches!(self.subject(), subject::Subject::Ours) {
+            op.settle(Duration::from_millis(500), 0.005, Duration::from_secs(30))
+                .await;
+        }
         let snap_after = probe::snapshot(&self.client, &self.cluster, Some(op.pid())).await;
         let metrics_after = op.metrics().await?;
         let cpu = op.cpu_seconds()? - cpu_before;
