@@ -379,58 +379,42 @@ fn check(root: &Path) -> Result<()> {
         "==> chart: helm install of the previous chart ({}), upgrade to this one and to non-default values, uninstall",
         &PREVIOUS_CHART[..12]
     );
+    // `helm install|upgrade` of `chart` as the release, waiting for it, with `--set` values.
+    let deploy = |verb: &str, chart: &str, values: &[&str]| -> Result<String> {
+        let mut args = vec![verb, release, chart, "--namespace", ns];
+        if verb == "install" {
+            args.push("--create-namespace");
+        }
+        args.extend([
+            "--take-ownership",
+            "--force-conflicts",
+            "--wait",
+            "--timeout",
+            "3m",
+        ]);
+        let values = sets(values);
+        args.extend(values.iter().map(String::as_str));
+        helm_k(&args)
+    };
     let previous = previous_chart(root)?;
     let _ = helm_k(&["uninstall", release, "--namespace", ns, "--wait"]);
-    helm_k(&[
+    deploy(
         "install",
-        release,
         &previous,
-        "--namespace",
-        ns,
-        "--create-namespace",
-        "--take-ownership",
-        "--force-conflicts",
-        "--set",
-        "namespaces.execution=wfe-chart-check-runs",
-        "--wait",
-        "--timeout",
-        "3m",
-    ])?;
-    // The upgrade from the previous chart, with the same values.
-    helm_k(&[
+        &["namespaces.execution=wfe-chart-check-runs"],
+    )?;
+    // The upgrade from the previous chart, with the same values; then to non-default values.
+    deploy(
         "upgrade",
-        release,
         CHART,
-        "--namespace",
-        ns,
-        "--take-ownership",
-        "--force-conflicts",
-        "--set",
-        "namespaces.execution=wfe-chart-check-runs",
-        "--wait",
-        "--timeout",
-        "3m",
-    ])?;
-    let mut upgrade: Vec<String> = [
-        "upgrade",
-        release,
-        CHART,
-        "--namespace",
-        ns,
-        "--take-ownership",
-        "--force-conflicts",
-        "--wait",
-        "--timeout",
-        "3m",
-    ]
-    .map(String::from)
-    .to_vec();
-    upgrade.extend(sets(NON_DEFAULT));
-    upgrade.extend(sets(&[
+        &["namespaces.execution=wfe-chart-check-runs"],
+    )?;
+    let mut values = NON_DEFAULT.to_vec();
+    values.extend([
         "namespaces.execution=wfe-chart-check-runs",
         "namespaces.watch=wfe-chart-check",
-    ]));
-    helm_k(&upgrade.iter().map(String::as_str).collect::<Vec<_>>())?;
+    ]);
+    deploy("upgrade", CHART, &values)?;
     let image = kubectl(
         &[
             "get",
