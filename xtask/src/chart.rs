@@ -100,6 +100,18 @@ fn previous_chart(root: &Path) -> Result<String> {
         std::fs::remove_dir_all(&dest)?;
     }
     std::fs::create_dir_all(&dest)?;
+    let present = Command::new("git")
+        .current_dir(root)
+        .args(["cat-file", "-e", &format!("{PREVIOUS_CHART}^{{commit}}")])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !present {
+        // A shallow clone: fetch that one commit from where this clone came from.
+        let _ = Command::new("git")
+            .current_dir(root)
+            .args(["fetch", "--quiet", "--depth=1", "origin", PREVIOUS_CHART])
+            .status();
+    }
     let archive = Command::new("git")
         .current_dir(root)
         .args(["archive", "--format=tar", PREVIOUS_CHART, CHART])
@@ -107,8 +119,8 @@ fn previous_chart(root: &Path) -> Result<String> {
         .context("running git archive")?;
     ensure!(
         archive.status.success(),
-        "the previous chart ({PREVIOUS_CHART}) is not in this clone's history ({}): the upgrade \
-         check needs it (git fetch --unshallow)",
+        "the previous chart ({PREVIOUS_CHART}) is not in this clone's history and could not be \
+         fetched ({}): the upgrade check needs it (git fetch --unshallow)",
         String::from_utf8_lossy(&archive.stderr).trim()
     );
     tar::Archive::new(&archive.stdout[..])
