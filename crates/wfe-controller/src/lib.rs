@@ -213,7 +213,7 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()> + Send + S
         .with_config(ControllerRunConfig::default().concurrency(cfg.concurrency))
         .reconcile_on(stream::select_all(triggers))
         .graceful_shutdown_on(shutdown)
-        .run(measured_reconcile, error_policy, ctx)
+        .run(measured_reconcile, error_policy, ctx.clone())
         .for_each(|result| async move {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "reconcile");
@@ -223,4 +223,6 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()> + Send + S
     if let Some(sweeper) = sweeper {
         sweeper.abort();
     }
+    // Events queued behind dispatch go out before the process ends.
+    ctx.flush_events(Duration::from_secs(5)).await;
 }

@@ -5,9 +5,16 @@
 //! executions wait for their dispatch ([`TargetIndex::ready`]), a `Normal` Event waits too, at
 //! most [`DEFER_AT_MOST`] after it was queued, so that under a burst the API server serves the
 //! dispatches first. `Warning` Events (refusals, failures) never wait. The in-flight bound keeps a
-//! burst from opening a request per Event at once.
+//! burst from opening a request per Event at once. At shutdown, [`Events::flush`] publishes what
+//! is still queued without waiting for dispatch, within a bound.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -35,6 +42,16 @@ struct Queued {
 pub struct Events {
     tx: mpsc::Sender<Queued>,
     recorder: Recorder,
+    state: Arc<State>,
+}
+
+/// What the publishing task shares with the senders.
+#[derive(Default)]
+struct State {
+    /// Events queued or in flight.
+    pending: AtomicUsize,
+    /// Shutting down: nothing waits for dispatch any more.
+    flushing: AtomicBool,
 }
 
 impl Events {
@@ -42,8 +59,30 @@ impl Events {
     /// dropped and the queue is empty.
     pub fn start(recorder: Recorder, index: Arc<TargetIndex>) -> Self {
         let (tx, rx) = mpsc::channel(CAPACITY);
-        tokio::spawn(drain(rx, recorder.clone(), index));
-        Events { tx, recorder }
+        let state = Arc::new(State::default());
+        tokio::spawn(drain(rx, recorder.clone(), index, state.clone()));
+        Events {
+            tx,
+            recorder,
+            state,
+        }
+    }
+
+    /// Publishes what is still queued without waiting for dispatch; returns once nothing is
+    /// pending or after `within`. Called at shutdown.
+    pub async fn flush(&self, within: Duration) {
+        self.state.flushing.store(true, Ordering::Relaxed);
+        let deadline = Instant::now() + within;
+        while self.state.pending.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = self.state.pending.load(Ordering::Relaxed);
+        if left > 0 {
+            tracing::warn!(
+                left,
+                "shutting down with Kubernetes Events not yet published"
+            );
+        }
     }
 
     /// Queues `event` about the object of `reference`.
@@ -53,34 +92,48 @@ impl Events {
             reference,
             at: Instant::now(),
         };
+        self.state.pending.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = self.tx.try_send(queued) {
             // Full (or the task is gone): publish it now rather than lose it.
             let Queued {
                 event, reference, ..
             } = e.into_inner();
-            tokio::spawn(send(self.recorder.clone(), event, reference));
+            tokio::spawn(send(
+                self.recorder.clone(),
+                event,
+                reference,
+                self.state.clone(),
+            ));
         }
     }
 }
 
-async fn drain(mut rx: mpsc::Receiver<Queued>, recorder: Recorder, index: Arc<TargetIndex>) {
+async fn drain(
+    mut rx: mpsc::Receiver<Queued>,
+    recorder: Recorder,
+    index: Arc<TargetIndex>,
+    state: Arc<State>,
+) {
     let mut in_flight = JoinSet::new();
     while let Some(q) = rx.recv().await {
-        while waits(q.event.type_, index.ready(), q.at.elapsed()) {
+        while !state.flushing.load(Ordering::Relaxed)
+            && waits(q.event.type_, index.ready(), q.at.elapsed())
+        {
             tokio::time::sleep(DEFER_STEP).await;
         }
         while in_flight.len() >= IN_FLIGHT {
             in_flight.join_next().await;
         }
-        in_flight.spawn(send(recorder.clone(), q.event, q.reference));
+        in_flight.spawn(send(recorder.clone(), q.event, q.reference, state.clone()));
     }
     while in_flight.join_next().await.is_some() {}
 }
 
-async fn send(recorder: Recorder, event: Event, reference: ObjectReference) {
+async fn send(recorder: Recorder, event: Event, reference: ObjectReference, state: Arc<State>) {
     if let Err(e) = recorder.publish(&event, &reference).await {
         tracing::debug!(error = %e, reason = %event.reason, "cannot publish event");
     }
+    state.pending.fetch_sub(1, Ordering::Relaxed);
 }
 
 /// Whether an Event of `type_`, queued `waited` ago, waits while `ready` executions wait for

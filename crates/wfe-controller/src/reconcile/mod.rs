@@ -120,6 +120,11 @@ impl Context {
         self.memory.freshest(wfe)
     }
 
+    /// Publishes the Events still queued (at shutdown), within `within`.
+    pub async fn flush_events(&self, within: Duration) {
+        self.events.flush(within).await;
+    }
+
     /// Drops what this process remembers of an object that is gone or settled.
     pub fn forget(&self, uid: &str) {
         self.memory.forget(uid);
