@@ -38,7 +38,7 @@ use kube::{
     runtime::{
         Controller, WatchStreamExt,
         controller::Config as ControllerRunConfig,
-        events::{Recorder, Reporter},
+        events::Reporter,
         reflector::{self, ObjectRef},
         watcher,
     },
@@ -131,7 +131,6 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()> + Send + S
         );
     }
 
-    let recorder = Recorder::new(client.clone(), reporter);
     let ctx = Arc::new(Context::new(
         client,
         registry,
@@ -139,7 +138,7 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()> + Send + S
         reader.clone(),
         index.clone(),
         audit,
-        recorder,
+        reporter,
     ));
 
     // The cache holds the WorkflowExecutions with work left; settled ones only have their guard

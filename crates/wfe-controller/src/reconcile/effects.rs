@@ -35,6 +35,13 @@ impl Note {
             note,
         }
     }
+
+    /// Whether the same Event may be published again about an unchanged object (a Warning, or
+    /// a wait that is looked at again on each requeue); Kubernetes then counts the repeats in one
+    /// Event (a series) instead of creating another. Transition Events happen once per object.
+    pub fn may_repeat(&self) -> bool {
+        self.type_ == EventType::Warning || self.action == "Wait"
+    }
 }
 
 /// A metric to record (labelled with the object's engine where the metric has that label).
@@ -342,6 +349,14 @@ pub fn lock_released(
 mod tests {
     use super::*;
     use wfe_api::{FailureReason, Phase};
+
+    #[test]
+    fn only_warnings_and_waits_may_repeat() {
+        let n = |t, action| Note::new(t, "R", action, "n".into());
+        assert!(n(EventType::Warning, "Release").may_repeat());
+        assert!(n(EventType::Normal, "Wait").may_repeat());
+        assert!(!n(EventType::Normal, "Release").may_repeat());
+    }
 
     fn wfe(status: serde_json::Value) -> WorkflowExecution {
         wfe_api::testing::wfe("w")

@@ -7,6 +7,12 @@
 //! dispatches first. `Warning` Events (refusals, failures) never wait. The in-flight bound keeps a
 //! burst from opening a request per Event at once. At shutdown, [`Events::flush`] publishes what
 //! is still queued without waiting for dispatch, within a bound.
+//!
+//! kube's [`Recorder`] keeps every Event it published for six minutes, to count repeats of the
+//! same Event in one object (a series). Only Events that may repeat about an unchanged object
+//! (Warnings, waits) go through that shared recorder; transition Events, one per object and
+//! transition, are published by a recorder without that memory: at a steady 10 executions/s the
+//! shared cache would otherwise hold some 10 000 Events.
 
 use std::{
     sync::{
@@ -17,7 +23,10 @@ use std::{
 };
 
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{
+    Client,
+    runtime::events::{Event, EventType, Recorder, Reporter},
+};
 use tokio::{sync::mpsc, task::JoinSet, time::Instant};
 
 use crate::TargetIndex;
@@ -35,13 +44,34 @@ struct Queued {
     event: Event,
     reference: ObjectReference,
     at: Instant,
+    /// Published through the shared recorder, which counts repeats.
+    may_repeat: bool,
+}
+
+/// Where Events go: the shared recorder for those that may repeat, a fresh one (no memory of
+/// past Events) for the others.
+#[derive(Clone)]
+struct Publisher {
+    shared: Recorder,
+    client: Client,
+    reporter: Reporter,
+}
+
+impl Publisher {
+    fn recorder(&self, may_repeat: bool) -> Recorder {
+        if may_repeat {
+            self.shared.clone()
+        } else {
+            Recorder::new(self.client.clone(), self.reporter.clone())
+        }
+    }
 }
 
 /// The sending side of the Event queue.
 #[derive(Clone)]
 pub struct Events {
     tx: mpsc::Sender<Queued>,
-    recorder: Recorder,
+    publisher: Publisher,
     state: Arc<State>,
 }
 
@@ -57,13 +87,18 @@ struct State {
 impl Events {
     /// Starts the publishing task (on the current Tokio runtime); it ends when every `Events` is
     /// dropped and the queue is empty.
-    pub fn start(recorder: Recorder, index: Arc<TargetIndex>) -> Self {
+    pub fn start(client: Client, reporter: Reporter, index: Arc<TargetIndex>) -> Self {
         let (tx, rx) = mpsc::channel(CAPACITY);
         let state = Arc::new(State::default());
-        tokio::spawn(drain(rx, recorder.clone(), index, state.clone()));
+        let publisher = Publisher {
+            shared: Recorder::new(client.clone(), reporter.clone()),
+            client,
+            reporter,
+        };
+        tokio::spawn(drain(rx, publisher.clone(), index, state.clone()));
         Events {
             tx,
-            recorder,
+            publisher,
             state,
         }
     }
@@ -85,23 +120,23 @@ impl Events {
         }
     }
 
-    /// Queues `event` about the object of `reference`.
-    pub fn publish(&self, event: Event, reference: ObjectReference) {
+    /// Queues `event` about the object of `reference`; `may_repeat` when the same Event may be
+    /// published again about the unchanged object.
+    pub fn publish(&self, event: Event, reference: ObjectReference, may_repeat: bool) {
         let queued = Queued {
             event,
             reference,
             at: Instant::now(),
+            may_repeat,
         };
         self.state.pending.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = self.tx.try_send(queued) {
             // Full (or the task is gone): publish it now rather than lose it.
-            let Queued {
-                event, reference, ..
-            } = e.into_inner();
+            let q = e.into_inner();
             tokio::spawn(send(
-                self.recorder.clone(),
-                event,
-                reference,
+                self.publisher.recorder(q.may_repeat),
+                q.event,
+                q.reference,
                 self.state.clone(),
             ));
         }
@@ -110,7 +145,7 @@ impl Events {
 
 async fn drain(
     mut rx: mpsc::Receiver<Queued>,
-    recorder: Recorder,
+    publisher: Publisher,
     index: Arc<TargetIndex>,
     state: Arc<State>,
 ) {
@@ -124,7 +159,12 @@ async fn drain(
         while in_flight.len() >= IN_FLIGHT {
             in_flight.join_next().await;
         }
-        in_flight.spawn(send(recorder.clone(), q.event, q.reference, state.clone()));
+        in_flight.spawn(send(
+            publisher.recorder(q.may_repeat),
+            q.event,
+            q.reference,
+            state.clone(),
+        ));
     }
     while in_flight.join_next().await.is_some() {}
 }

@@ -44,7 +44,7 @@ use kube::{
     Api, Client, ResourceExt,
     runtime::{
         controller::Action,
-        events::Recorder,
+        events::Reporter,
         finalizer::{Event as FinalizerEvent, finalizer},
         reflector::Store,
     },
@@ -98,14 +98,15 @@ impl Context {
         store: Store<WorkflowExecution>,
         index: Arc<TargetIndex>,
         audit: Arc<dyn AuditSink>,
-        recorder: Recorder,
+        reporter: Reporter,
     ) -> Self {
+        let events = events::Events::start(client.clone(), reporter, index.clone());
         Context {
             client,
             registry,
             cfg,
             store,
-            events: events::Events::start(recorder, index.clone()),
+            events,
             index,
             audit,
             memory: memory::Memory::default(),

@@ -69,7 +69,8 @@ impl Context {
             action: note.action.into(),
             secondary: None,
         };
-        self.events.publish(ev, wfe.object_ref(&()));
+        self.events
+            .publish(ev, wfe.object_ref(&()), note.may_repeat());
     }
 
     /// An Event that is not part of a transition (refusals, clean-up failures).
