@@ -312,6 +312,15 @@ impl<K: ExecutionObject> ResourceClient<K> {
         if let Some(o) = self.cache.owned(&self.namespace, &name, wfe) {
             return Ok(Some(K::clone(&o)));
         }
+        // Created by this process a moment ago and not delivered by the watch yet: that answer
+        // is as current as a read would be (the watch wakes the owner again when it arrives).
+        if let Some(o) = self
+            .cache
+            .just_created(&name)
+            .filter(|o| is_owned_by(o.meta(), wfe))
+        {
+            return Ok(Some(K::clone(&o)));
+        }
         self.get(&name).await
     }
 
@@ -324,6 +333,7 @@ impl<K: ExecutionObject> ResourceClient<K> {
     /// of it.
     async fn delete_exact(&self, object: &K) -> Result<Removal, ExecutorError> {
         let name = object.name_any();
+        self.cache.forget_created(&name);
         let dp = DeleteParams {
             propagation_policy: Some(PropagationPolicy::Background),
             preconditions: Some(Preconditions {
@@ -490,6 +500,7 @@ async fn create<B: ExecutionResource>(
         match api.create(&PostParams::default(), &desired).await {
             Ok(created) => {
                 tracing::debug!(resource = %resources.describe(&name), wfe = %wfe.name_any(), "created");
+                resources.cache.created(&created);
                 return start(backend, &created, wfe, CreateOutcome::Created(reference)).await;
             }
             Err(e) if is_already_exists(&e) => {}

@@ -17,7 +17,11 @@ use kube::{
     },
 };
 use serde::de::DeserializeOwned;
-use std::sync::{Arc, Mutex};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 use wfe_api::WorkflowExecution;
 
 use crate::{LABEL_WORKFLOW_EXECUTION, Owner, is_owned_by, owner_of};
@@ -87,6 +91,19 @@ pub fn cached_changes<K>(
 where
     K: Watched,
 {
+    cached_changes_seeing(api, writer, trim, Arc::default())
+}
+
+/// [`cached_changes`], also taking every object the watch delivers (or deletes) out of `unseen`.
+fn cached_changes_seeing<K>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+    trim: fn(&mut K),
+    unseen: Arc<Mutex<Unseen<K>>>,
+) -> Changes
+where
+    K: Watched,
+{
     let kind = K::kind(&()).to_string();
     let stream = reflector::reflector(
         writer,
@@ -101,9 +118,28 @@ where
         }),
     )
     .touched_objects()
-    .map(|r| r.map(|o: K| o.meta().clone()));
+    .map(move |r| {
+        r.map(|o: K| {
+            let mut unseen = unseen.lock().unwrap_or_else(|e| e.into_inner());
+            if !unseen.is_empty()
+                && let Some(name) = o.meta().name.as_deref()
+            {
+                unseen.remove(name);
+            }
+            o.meta().clone()
+        })
+    });
     owners(kind, stream)
 }
+
+/// How long an object this process just created stands in for the cache's copy while the watch
+/// has not delivered it yet (under load it lags): reading it back from the API server would only
+/// tell what the create already answered.
+pub const UNSEEN_GRACE: Duration = Duration::from_secs(10);
+
+/// Objects created by this process and not yet delivered by the watch, by name, trimmed, with
+/// when they were created.
+type Unseen<K> = HashMap<String, (Instant, Arc<K>)>;
 
 /// The execution resources of a backend kept in memory by its watch, built with its store at
 /// construction: [`ResourceCache::new`] makes the store and the (lazy) watch that fills it;
@@ -118,6 +154,8 @@ where
 pub struct ResourceCache<K: Resource<DynamicType = ()> + Clone + 'static> {
     store: Store<K>,
     watch: Arc<Mutex<Option<Changes>>>,
+    unseen: Arc<Mutex<Unseen<K>>>,
+    trim: fn(&mut K),
 }
 
 impl<K: Resource<DynamicType = ()> + Clone + 'static> Clone for ResourceCache<K> {
@@ -125,6 +163,8 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> Clone for ResourceCache<K>
         ResourceCache {
             store: self.store.clone(),
             watch: self.watch.clone(),
+            unseen: self.unseen.clone(),
+            trim: self.trim,
         }
     }
 }
@@ -159,10 +199,57 @@ where
     /// every execution in flight).
     pub fn trimmed(api: Api<K>, trim: fn(&mut K)) -> Self {
         let (store, writer) = reflector::store::<K>();
+        let unseen: Arc<Mutex<Unseen<K>>> = Arc::default();
         ResourceCache {
             store,
-            watch: Arc::new(Mutex::new(Some(cached_changes(api, writer, trim)))),
+            watch: Arc::new(Mutex::new(Some(cached_changes_seeing(
+                api,
+                writer,
+                trim,
+                unseen.clone(),
+            )))),
+            unseen,
+            trim,
         }
+    }
+
+    /// Remembers `object`, just created by this process, until the watch delivers it (at most
+    /// [`UNSEEN_GRACE`]), so that [`ResourceCache::just_created`] can stand in for the store.
+    pub fn created(&self, object: &K) {
+        let Some(name) = object.meta().name.clone() else {
+            return;
+        };
+        let mut kept = object.clone();
+        kept.meta_mut().managed_fields = None;
+        (self.trim)(&mut kept);
+        let mut unseen = self.unseen.lock().unwrap_or_else(|e| e.into_inner());
+        unseen.retain(|_, (at, _)| at.elapsed() < UNSEEN_GRACE);
+        unseen.insert(name, (Instant::now(), Arc::new(kept)));
+    }
+
+    /// Forgets the object named `name` created by this process (it is being deleted).
+    pub fn forget_created(&self, name: &str) {
+        self.unseen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+    }
+
+    /// The object named `name`, created by this process less than [`UNSEEN_GRACE`] ago, that the
+    /// watch (running) has not delivered (nor deleted) yet.
+    pub fn just_created(&self, name: &str) -> Option<Arc<K>> {
+        // Only while the watch runs: it is what delivers the object and ends the stand-in.
+        if self
+            .watch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+        {
+            return None;
+        }
+        let unseen = self.unseen.lock().unwrap_or_else(|e| e.into_inner());
+        let (at, object) = unseen.get(name)?;
+        (at.elapsed() < UNSEEN_GRACE).then(|| object.clone())
     }
 
     /// The watch that fills this cache; `None` once taken (there is one watch per cache).
@@ -183,5 +270,39 @@ where
         self.store
             .get(&reflector::ObjectRef::new(name).within(namespace))
             .filter(|o| is_owned_by(o.meta(), wfe))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::batch::v1::Job;
+
+    fn cache() -> ResourceCache<Job> {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        ResourceCache::trimmed(Api::namespaced(client, "ns"), |j| j.spec = None)
+    }
+
+    #[tokio::test]
+    async fn a_just_created_object_stands_in_until_the_watch_delivers_it() {
+        let cache = cache();
+        let mut job = Job::default();
+        job.metadata.name = Some("wfe-0".into());
+        cache.created(&job);
+        assert!(
+            cache.just_created("wfe-0").is_none(),
+            "no stand-in while no watch runs to end it"
+        );
+        let _watch = cache.changes().expect("the watch");
+        job.metadata.name = Some("wfe-1".into());
+        job.spec = Some(Default::default());
+        cache.created(&job);
+        let kept = cache.just_created("wfe-1").expect("remembered");
+        assert!(kept.spec.is_none(), "trimmed like the cache's copies");
+        assert!(cache.just_created("wfe-2").is_none());
+        // What the watch does when it delivers the object.
+        cache.unseen.lock().unwrap().remove("wfe-1");
+        assert!(cache.just_created("wfe-1").is_none());
     }
 }
