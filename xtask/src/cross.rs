@@ -24,7 +24,6 @@ use std::{
 };
 
 use anyhow::{Context, Result, anyhow, ensure};
-use sha2::{Digest, Sha256};
 
 /// The zig release the kit uses, and the SHA-256 of its x86_64 Linux wheel on PyPI.
 const ZIG_VERSION: &str = "0.17.1";
@@ -41,16 +40,15 @@ const RUST_SRC_SUITES: [&str; 3] = ["trixie-backports", "forky", "sid"];
 /// What a cross build of one target needs, ready on disk.
 #[derive(Debug)]
 pub struct Kit {
-    /// The cargo to build with: the copy's own when `build_std` (not rustup's proxy, which
-    /// points the dynamic loader at the original toolchain and so at its sysroot).
+    /// The cargo to build with: the copy's own when the standard library is built from source
+    /// (not rustup's proxy, which points the dynamic loader at the original toolchain and so at
+    /// its sysroot).
     pub cargo: PathBuf,
-    /// The rustc to build with (a copy of the toolchain holding the standard library's source
-    /// when `build_std` is set, else the toolchain's own).
+    /// The rustc to build with (the copy holding the standard library's source, or the
+    /// toolchain's own).
     pub rustc: PathBuf,
-    /// Build the standard library from source (`-Zbuild-std`).
-    pub build_std: bool,
-    /// The standard library's source folder as cargo sees it (to remap out of the binary),
-    /// when `build_std`.
+    /// The standard library's source folder as cargo sees it, when the standard library is
+    /// built from it (`-Zbuild-std`; the folder is remapped out of the binary).
     pub rust_src: Option<PathBuf>,
     pub cc: PathBuf,
     pub ar: PathBuf,
@@ -60,7 +58,7 @@ impl Kit {
     /// A `cargo` command of this kit.
     pub fn cargo(&self) -> Command {
         let mut cmd = crate::command(&self.cargo);
-        if self.build_std {
+        if self.rust_src.is_some() {
             cmd.env_remove("LD_LIBRARY_PATH");
         }
         cmd
@@ -76,12 +74,10 @@ impl Kit {
             .env(format!("AR_{under}"), &self.ar);
         // zig supplies musl's start files and C library, not rustc's bundled copies.
         rustflags.push_str(" -C link-self-contained=no");
-        if self.build_std {
+        if let Some(src) = &self.rust_src {
             cmd.env("RUSTC_BOOTSTRAP", "1")
                 .arg("-Zbuild-std=std,panic_abort");
-            if let Some(src) = &self.rust_src {
-                rustflags.push_str(&format!(" --remap-path-prefix={}=/rustc", src.display()));
-            }
+            rustflags.push_str(&format!(" --remap-path-prefix={}=/rustc", src.display()));
         }
     }
 }
@@ -101,19 +97,20 @@ pub fn kit(triple: &str, zig_target: &str) -> Result<Kit> {
     std::fs::create_dir_all(&cache)?;
     let zig = zig(&cache)?;
     let (cc, ar) = wrappers(&cache, &zig, zig_target)?;
-    let sysroot = PathBuf::from(output(Command::new("rustc").args(["--print", "sysroot"]))?);
+    let sysroot = PathBuf::from(crate::output(
+        Command::new("rustc").args(["--print", "sysroot"]),
+    )?);
     let libdir = sysroot.join("lib/rustlib").join(triple).join("lib");
     if has_std(&libdir) {
         return Ok(Kit {
             cargo: PathBuf::from("cargo"),
             rustc: sysroot.join("bin/rustc"),
-            build_std: false,
             rust_src: None,
             cc,
             ar,
         });
     }
-    let version = rustc_release(&output(Command::new("rustc").arg("-V"))?)?;
+    let version = rustc_release(&crate::output(Command::new("rustc").arg("-V"))?)?;
     let src = rust_src(&cache, &version)?;
     let toolchain = toolchain_with_source(&cache, &sysroot, &version, &src)?;
     eprintln!(
@@ -123,7 +120,6 @@ pub fn kit(triple: &str, zig_target: &str) -> Result<Kit> {
     Ok(Kit {
         cargo: toolchain.join("bin/cargo"),
         rustc: toolchain.join("bin/rustc"),
-        build_std: true,
         rust_src: Some(toolchain.join("lib/rustlib/src/rust")),
         cc,
         ar,
@@ -367,7 +363,7 @@ struct Apt {
 impl Apt {
     fn new(cache: &Path) -> Result<Self> {
         let codename = host_codename()?;
-        let listed = output(
+        let listed = crate::output(
             Command::new("apt-get")
                 .args([
                     "indextargets",
@@ -409,7 +405,7 @@ impl Apt {
         .collect();
         let apt = Apt { options, downloads };
         eprintln!("==> cross: apt-get update ({})", suites.join(", "));
-        output(apt.command("apt-get").args(["-q", "update"]))?;
+        crate::output(apt.command("apt-get").args(["-q", "update"]))?;
         Ok(apt)
     }
 
@@ -420,7 +416,7 @@ impl Apt {
     }
 
     fn madison(&self, package: &str) -> Result<String> {
-        output(self.command("apt-cache").args(["madison", package]))
+        crate::output(self.command("apt-cache").args(["madison", package]))
     }
 
     /// Downloads `spec` (`name=version` or `name/suite`) with apt and unpacks it into `dir`.
@@ -429,7 +425,7 @@ impl Apt {
         for e in std::fs::read_dir(&self.downloads)?.flatten() {
             let _ = std::fs::remove_file(e.path());
         }
-        output(self.command("apt-get").args(["-q", "download", spec]))?;
+        crate::output(self.command("apt-get").args(["-q", "download", spec]))?;
         let deb = std::fs::read_dir(&self.downloads)?
             .flatten()
             .map(|e| e.path())
@@ -451,26 +447,14 @@ impl Apt {
 }
 
 fn check_sha256(path: &Path, want: &str) -> Result<()> {
-    let got = format!(
-        "{:x}",
-        Sha256::digest(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)
-    );
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let got = crate::image::sha256(&bytes);
     ensure!(
-        got == want,
-        "{} has SHA-256 {got}, expected {want}",
+        got.strip_prefix("sha256:") == Some(want),
+        "{} has {got}, expected sha256:{want}",
         path.display()
     );
     Ok(())
-}
-
-fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    ensure!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 #[cfg(test)]

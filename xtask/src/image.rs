@@ -640,13 +640,7 @@ fn source_date_epoch(root: &Path) -> Result<u64> {
 }
 
 fn git(root: &Path, args: &[&str]) -> Result<String> {
-    let out = crate::command("git")
-        .current_dir(root)
-        .args(args)
-        .output()
-        .context("running git")?;
-    ensure!(out.status.success(), "git {} failed", args.join(" "));
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    crate::output(crate::command("git").current_dir(root).args(args))
 }
 
 /// `[workspace.package] version` of Cargo.toml (read by lines: xtask has no TOML parser).

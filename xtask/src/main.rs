@@ -90,6 +90,18 @@ fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Runs `cmd` and returns its standard output, trimmed; fails with its standard error.
+pub fn output(cmd: &mut std::process::Command) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
 /// A command for a tool run by the xtask, without the variables that `cargo run` exported for the
 /// xtask package itself (`CARGO_PKG_*`, `CARGO_MANIFEST_*`, ...): some build scripts (ring's)
 /// track them, so passing them on would make every cargo run from here and every plain cargo run

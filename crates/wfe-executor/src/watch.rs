@@ -120,11 +120,8 @@ where
     .touched_objects()
     .map(move |r| {
         r.map(|o: K| {
-            let mut unseen = unseen.lock().unwrap_or_else(|e| e.into_inner());
-            if !unseen.is_empty()
-                && let Some(name) = o.meta().name.as_deref()
-            {
-                unseen.remove(name);
+            if let Some(name) = o.meta().name.as_deref() {
+                seen(&unseen, name);
             }
             o.meta().clone()
         })
@@ -140,6 +137,14 @@ pub const UNSEEN_GRACE: Duration = Duration::from_secs(10);
 /// Objects created by this process and not yet delivered by the watch, by name, trimmed, with
 /// when they were created.
 type Unseen<K> = HashMap<String, (Instant, Arc<K>)>;
+
+/// Ends the stand-in for `name`: the watch delivered or deleted it, or this process deletes it.
+fn seen<K>(unseen: &Mutex<Unseen<K>>, name: &str) {
+    let mut unseen = unseen.lock().unwrap_or_else(|e| e.into_inner());
+    if !unseen.is_empty() {
+        unseen.remove(name);
+    }
+}
 
 /// The execution resources of a backend kept in memory by its watch, built with its store at
 /// construction: [`ResourceCache::new`] makes the store and the (lazy) watch that fills it;
@@ -229,10 +234,7 @@ where
 
     /// Forgets the object named `name` created by this process (it is being deleted).
     pub fn forget_created(&self, name: &str) {
-        self.unseen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(name);
+        seen(&self.unseen, name);
     }
 
     /// The object named `name`, created by this process less than [`UNSEEN_GRACE`] ago, that the
@@ -301,8 +303,8 @@ mod tests {
         let kept = cache.just_created("wfe-1").expect("remembered");
         assert!(kept.spec.is_none(), "trimmed like the cache's copies");
         assert!(cache.just_created("wfe-2").is_none());
-        // What the watch does when it delivers the object.
-        cache.unseen.lock().unwrap().remove("wfe-1");
+        // What the watch does when it delivers (or deletes) the object.
+        seen(&cache.unseen, "wfe-1");
         assert!(cache.just_created("wfe-1").is_none());
     }
 }

@@ -2,9 +2,9 @@
 //!
 //! A reconcile queues its Event and goes on; one task publishes them in order of queueing with a
 //! few requests in flight. Events are bookkeeping (three of an execution's eight requests): while
-//! executions wait for their dispatch ([`TargetIndex::ready`]), a `Normal` Event waits too, at
-//! most [`DEFER_AT_MOST`] after it was queued, so that under a burst the API server serves the
-//! dispatches first. `Warning` Events (refusals, failures) never wait. The in-flight bound keeps a
+//! executions wait for their dispatch ([`TargetIndex::ready`]), a `Normal` Event yields to them
+//! like a due lock release does ([`yields_to_dispatch`]), so that under a burst the API server
+//! serves the dispatches first. `Warning` Events (refusals, failures) never wait. The in-flight bound keeps a
 //! burst from opening a request per Event at once. At shutdown, [`Events::flush`] publishes what
 //! is still queued without waiting for dispatch, within a bound.
 //!
@@ -29,6 +29,7 @@ use kube::{
 };
 use tokio::{sync::mpsc, task::JoinSet, time::Instant};
 
+use super::index::yields_to_dispatch;
 use crate::TargetIndex;
 
 /// Events queued and not yet published; beyond that an Event is published at once.
@@ -37,8 +38,6 @@ const CAPACITY: usize = 4096;
 const IN_FLIGHT: usize = 4;
 /// How often a deferred Event looks again.
 const DEFER_STEP: Duration = Duration::from_millis(100);
-/// A `Normal` Event waits at most this long for the dispatch backlog.
-pub const DEFER_AT_MOST: Duration = Duration::from_secs(15);
 
 struct Queued {
     event: Event,
@@ -179,12 +178,13 @@ async fn send(recorder: Recorder, event: Event, reference: ObjectReference, stat
 /// Whether an Event of `type_`, queued `waited` ago, waits while `ready` executions wait for
 /// their dispatch.
 fn waits(type_: EventType, ready: usize, waited: Duration) -> bool {
-    type_ == EventType::Normal && ready > 0 && waited < DEFER_AT_MOST
+    type_ == EventType::Normal && yields_to_dispatch(ready, waited)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reconcile::index::YIELD_AT_MOST;
 
     #[test]
     fn normal_events_wait_for_dispatch_but_not_forever_and_warnings_never() {
@@ -192,7 +192,7 @@ mod tests {
         assert!(waits(EventType::Normal, 5, s(0)));
         assert!(waits(EventType::Normal, 1, s(14)));
         assert!(!waits(EventType::Normal, 0, s(0)), "nothing waits");
-        assert!(!waits(EventType::Normal, 5, DEFER_AT_MOST), "waited enough");
+        assert!(!waits(EventType::Normal, 5, YIELD_AT_MOST), "waited enough");
         assert!(!waits(EventType::Warning, 5, s(0)), "warnings go at once");
     }
 }

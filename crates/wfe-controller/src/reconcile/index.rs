@@ -4,6 +4,7 @@
 use std::{
     collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use kube::{
@@ -33,6 +34,16 @@ struct IndexInner {
     /// Executions ready to be dispatched ([`ready_to_dispatch`]): the backlog that goes first
     /// under saturation.
     ready: HashSet<ObjectRef<WorkflowExecution>>,
+}
+
+/// Bookkeeping (a lock release, an Event) waits at most this long for the dispatch backlog.
+pub const YIELD_AT_MOST: Duration = Duration::from_secs(15);
+
+/// What goes first under saturation: bookkeeping that is due yields to dispatch while `ready`
+/// executions wait for it ([`ready_to_dispatch`]), so that their dispatch gets the API server
+/// first; once it has waited [`YIELD_AT_MOST`] it goes anyway.
+pub fn yields_to_dispatch(ready: usize, waited: Duration) -> bool {
+    ready > 0 && waited < YIELD_AT_MOST
 }
 
 /// Whether an execution waits for its dispatch and nothing but a free worker holds it back:

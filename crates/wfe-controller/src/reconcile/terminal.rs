@@ -10,6 +10,7 @@ use wfe_api::WorkflowExecution;
 use super::{
     Context, Error,
     effects::{self, Release},
+    index::yields_to_dispatch,
 };
 
 impl Context {
@@ -49,7 +50,7 @@ impl Context {
                 )
             {
                 // Dispatching waiting work goes first; the release follows when the backlog is
-                // gone (or DEFER_AT_MOST after it was due).
+                // gone (or YIELD_AT_MOST after it was due).
                 tracing::debug!(
                     name = %wfe.name_any(),
                     ready,
@@ -111,16 +112,12 @@ impl Context {
 
 /// How often a deferred lock release looks again.
 const DEFER_STEP: Duration = Duration::from_secs(1);
-/// A due lock release waits at most this long for the dispatch backlog.
-const DEFER_AT_MOST: Duration = Duration::from_secs(15);
 
-/// What goes first under saturation: a due lock release (a Job delete, a status write and an
-/// Event: a third of an execution's requests) waits while other executions are ready to be
-/// dispatched ([`super::index::ready_to_dispatch`]), so that their dispatch gets the API server
-/// first. It does not wait when another execution is on the same target (it may wait for this
-/// very lock), nor longer than [`DEFER_AT_MOST`] after it was due.
+/// A due lock release (a Job delete, a status write and an Event) yields to dispatch
+/// ([`yields_to_dispatch`]), except when another execution is on the same target: it may wait
+/// for this very lock.
 fn dispatch_first(ready: usize, others_on_target: bool, overdue: Duration) -> bool {
-    ready > 0 && !others_on_target && overdue < DEFER_AT_MOST
+    !others_on_target && yields_to_dispatch(ready, overdue)
 }
 
 /// When the lock of an execution is released: `cooldown` after this process recorded the outcome
@@ -152,6 +149,7 @@ fn release_spread(uid: &str) -> SignedDuration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reconcile::index::YIELD_AT_MOST;
 
     #[test]
     fn dispatch_goes_first_but_not_forever_nor_on_a_contended_target() {
@@ -167,7 +165,7 @@ mod tests {
             "another execution on the target may wait for this lock"
         );
         assert!(
-            !dispatch_first(3, false, DEFER_AT_MOST),
+            !dispatch_first(3, false, YIELD_AT_MOST),
             "deferred long enough"
         );
     }
