@@ -20,9 +20,18 @@ pub fn describe() {
     );
 }
 
-/// A kube client (in-cluster or KUBECONFIG, as `Client::try_default`) that counts its requests.
+/// The operator's `User-Agent`. The API server names the field manager of the operator's writes
+/// after it (`we-operator` in `metadata.managedFields`), and its audit log shows it.
+pub const USER_AGENT: &str = concat!("we-operator/", env!("CARGO_PKG_VERSION"));
+
+/// A kube client (in-cluster or KUBECONFIG, as `Client::try_default`) that counts its requests
+/// and introduces itself as [`USER_AGENT`].
 pub async fn client() -> anyhow::Result<Client> {
-    let config = kube::Config::infer().await?;
+    let mut config = kube::Config::infer().await?;
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(USER_AGENT),
+    ));
     Ok(ClientBuilder::try_from(config)?
         .with_layer(&CountLayer)
         .build())

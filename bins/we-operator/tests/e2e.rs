@@ -8,7 +8,10 @@ mod common;
 use std::{collections::BTreeMap, path::Path, time::Instant};
 
 use common::*;
-use k8s_openapi::api::{batch::v1::Job, core::v1::Pod, events::v1::Event};
+use k8s_openapi::{
+    api::{batch::v1::Job, core::v1::Pod, events::v1::Event},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
 use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
@@ -302,6 +305,40 @@ async fn oomkill_remediation_through_the_job_backend_and_tekton_regression() {
     let status = done.status.clone().unwrap();
     let job_name = status.execution_ref.as_ref().unwrap().name.clone();
     let job = jobs.get(&job_name).await.unwrap();
+    // The operator's writes are managed by `we-operator` (its User-Agent), and status is one
+    // atomic field: one short managedFields entry however many status writes there were.
+    let managers = |m: &ObjectMeta| -> Vec<(String, Option<String>, Value)> {
+        m.managed_fields
+            .iter()
+            .flatten()
+            .map(|e| {
+                (
+                    e.manager.clone().unwrap_or_default(),
+                    e.subresource.clone(),
+                    e.fields_v1
+                        .as_ref()
+                        .map(|f| f.0.clone())
+                        .unwrap_or_default(),
+                )
+            })
+            .collect()
+    };
+    assert!(
+        managers(&done.metadata).contains(&(
+            "we-operator".into(),
+            Some("status".into()),
+            json!({"f:status": {}})
+        )),
+        "{:?}",
+        managers(&done.metadata)
+    );
+    assert!(
+        managers(&job.metadata)
+            .iter()
+            .any(|(m, sub, _)| m == "we-operator" && sub.is_none()),
+        "{:?}",
+        managers(&job.metadata)
+    );
     let pod_spec = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
     let c = &pod_spec.containers[0];
     assert_eq!(

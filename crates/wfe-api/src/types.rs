@@ -39,7 +39,7 @@ use crate::engine::ExecutionEngine;
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "self == oldSelf", "message": "spec is immutable after creation"}
-]))]
+], "x-kubernetes-map-type" = "atomic"))]
 pub struct WorkflowExecutionSpec {
     /// Backend that runs the workflow: `tekton` (default) or `job`. Empty or missing means `tekton`.
     #[serde(default)]
@@ -178,6 +178,7 @@ pub struct ExecutionConfig {
 /// Observed state, written by the operator only.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-map-type" = "atomic"))]
 pub struct WorkflowExecutionStatus {
     /// Generation of the spec that this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
