@@ -127,7 +127,10 @@ pub fn crd_reference_markdown() -> String {
         "# WorkflowExecution CRD reference\n\n\
          Generated from `crates/wfe-api` by `cargo xtask crdgen`; a test fails when it is out of date.\n\n\
          Group `kubernaut.ai`, version `v1alpha1`, kind `WorkflowExecution`, short name `wfe`, namespaced, \
-         with a status subresource. `kubectl explain wfe.spec` shows the same descriptions.\n",
+         with a status subresource. `kubectl explain wfe.spec` shows the same descriptions.\n\n\
+         `spec` and `status` are each atomic for field management (`x-kubernetes-map-type: atomic`): \
+         the spec is immutable and only the operator writes status, so `metadata.managedFields` \
+         holds one entry for each (`f:spec: {}`, `f:status: {}`).\n",
     );
     for top in ["spec", "status"] {
         out.push_str(&format!(
