@@ -37,6 +37,8 @@ use crate::engine::ExecutionEngine;
     selectable = ".spec.targetResource"
 )]
 #[serde(rename_all = "camelCase")]
+// Atomic for field management: immutable, so per-field ownership would track nothing while the
+// API server carried a field set per leaf in every object (docs/decisions.md).
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "self == oldSelf", "message": "spec is immutable after creation"}
 ], "x-kubernetes-map-type" = "atomic"))]
@@ -178,6 +180,8 @@ pub struct ExecutionConfig {
 /// Observed state, written by the operator only.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+// Atomic for field management: one writer, so one managedFields entry (`f:status: {}`) instead of
+// one per leaf, which the API server rebuilt on every status write (docs/benchmarks.md §6).
 #[schemars(extend("x-kubernetes-map-type" = "atomic"))]
 pub struct WorkflowExecutionStatus {
     /// Generation of the spec that this status describes.
