@@ -177,7 +177,7 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
         cluster::run(ClusterCmd::Down, root)?;
     }
     println!("==> local cluster without nodes (etcd + kube-apiserver)");
-    cluster::run(ClusterCmd::Up { nodes: false }, root)?;
+    cluster::run(ClusterCmd::up(false), root)?;
 
     println!("\n==> release build: cargo build --release --locked -p we-operator -p wfe-bench");
     let mut build = crate::command("cargo");
@@ -241,7 +241,7 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
     if let Some((src, commit, binary)) = &reference {
         println!("\n==> a fresh local cluster of the same shape for the reference");
         cluster::run(ClusterCmd::Down, root)?;
-        cluster::run(ClusterCmd::Up { nodes: false }, root)?;
+        cluster::run(ClusterCmd::up(false), root)?;
         let ref_out = root.join("target/bench/reference/results.json");
         let mut extra: Vec<std::ffi::OsString> = vec![
             "--out".into(),
@@ -278,7 +278,7 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
         }
         // Leave a cluster with our own CRD behind, as without --reference.
         cluster::run(ClusterCmd::Down, root)?;
-        cluster::run(ClusterCmd::Up { nodes: false }, root)?;
+        cluster::run(ClusterCmd::up(false), root)?;
     }
     let appeared = node_components(root);
     if !appeared.is_empty() {

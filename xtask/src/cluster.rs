@@ -85,6 +85,11 @@ pub enum ClusterCmd {
         /// Also run the Job controller, GC, scheduler and kwok so that pods really run.
         #[arg(long)]
         nodes: bool,
+        /// Serve kube-apiserver's /debug/pprof (for cluster-admin), e.g. for
+        /// `kubectl get --raw '/debug/pprof/profile?seconds=20' > cpu.pb.gz` and `go tool pprof`.
+        /// A running cluster keeps its flags: `cluster down` first.
+        #[arg(long)]
+        profiling: bool,
     },
     /// Stop every process `up` started (by pid) and remove target/wfe-cluster.
     Down,
@@ -97,13 +102,23 @@ pub enum ClusterCmd {
     },
 }
 
+impl ClusterCmd {
+    /// `up`, as the other xtask commands start the cluster (without profiling).
+    pub fn up(nodes: bool) -> Self {
+        ClusterCmd::Up {
+            nodes,
+            profiling: false,
+        }
+    }
+}
+
 pub fn run(cmd: ClusterCmd, root: &Path) -> Result<()> {
     match cmd {
         ClusterCmd::Build => build(root).map(|b| {
             println!("binaries: {}", b.bin.display());
             println!("tekton CRDs: {}", b.tekton_crds.display());
         }),
-        ClusterCmd::Up { nodes } => up(root, nodes),
+        ClusterCmd::Up { nodes, profiling } => up(root, nodes, profiling),
         ClusterCmd::Down => down(root),
         ClusterCmd::Status => status(root),
         ClusterCmd::Restart { component } => restart(root, &component),
@@ -140,7 +155,7 @@ fn restart(root: &Path, name: &str) -> Result<()> {
 // up
 // ---------------------------------------------------------------------------------------
 
-fn up(root: &Path, nodes: bool) -> Result<()> {
+fn up(root: &Path, nodes: bool, profiling: bool) -> Result<()> {
     let _lock = lock(root)?;
     let paths = Paths::new(root);
     let started = Instant::now();
@@ -160,6 +175,15 @@ fn up(root: &Path, nodes: bool) -> Result<()> {
                 let built = build(root)?;
                 link_kubectl(root, &built.binary("kubectl"))?;
             }
+            let profiled = state.components.iter().any(|c| {
+                c.name == "kube-apiserver" && c.args.iter().any(|a| a == "--profiling=true")
+            });
+            if profiling && !profiled {
+                eprintln!(
+                    "the running cluster keeps the flags it was started with: \
+                     `cargo xtask cluster down` first to serve /debug/pprof"
+                );
+            }
             eprintln!("cluster is up ({:.1?})", started.elapsed());
             println!("{}", state.kubeconfig.display());
             return Ok(());
@@ -178,7 +202,7 @@ fn up(root: &Path, nodes: bool) -> Result<()> {
     }
 
     let built = build(root)?;
-    let mut state = match start_core(&paths, &built, root) {
+    let mut state = match start_core(&paths, &built, root, profiling) {
         Ok(state) => state,
         Err(e) => return Err(cleanup_after_failure(&paths, e)),
     };
@@ -212,7 +236,7 @@ fn cleanup_after_failure(paths: &Paths, err: anyhow::Error) -> anyhow::Error {
     ))
 }
 
-fn start_core(paths: &Paths, built: &Built, root: &Path) -> Result<State> {
+fn start_core(paths: &Paths, built: &Built, root: &Path, profiling: bool) -> Result<State> {
     for dir in [paths.logs(), paths.pids(), paths.etcd_data()] {
         std::fs::create_dir_all(&dir)?;
     }
@@ -295,7 +319,7 @@ fn start_core(paths: &Paths, built: &Built, root: &Path) -> Result<State> {
         "--disable-admission-plugins=ServiceAccount,TaintNodesByCondition".to_string(),
         "--endpoint-reconciler-type=none".to_string(),
         "--allow-privileged=true".to_string(),
-        "--profiling=false".to_string(),
+        format!("--profiling={profiling}"),
     ];
     state.components.push(spawn(
         paths,

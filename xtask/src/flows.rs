@@ -48,7 +48,7 @@ fn wait_bounded(mut child: Child, limit: Duration, what: &str) -> Result<ExitSta
 fn ensure_cluster(root: &Path) -> Result<bool> {
     let was_running = cluster::is_healthy(root);
     cluster::run(ClusterCmd::Build, root)?;
-    cluster::run(ClusterCmd::Up { nodes: true }, root)?;
+    cluster::run(ClusterCmd::up(true), root)?;
     Ok(!was_running)
 }
 
