@@ -175,10 +175,8 @@ fn up(root: &Path, nodes: bool, profiling: bool) -> Result<()> {
                 let built = build(root)?;
                 link_kubectl(root, &built.binary("kubectl"))?;
             }
-            let profiled = state.components.iter().any(|c| {
-                c.name == "kube-apiserver" && c.args.iter().any(|a| a == "--profiling=true")
-            });
-            if profiling && !profiled {
+            let profiled = |c: &state::Component| c.args.contains(&profiling_flag(true));
+            if profiling && !state.component("kube-apiserver").is_some_and(profiled) {
                 eprintln!(
                     "the running cluster keeps the flags it was started with: \
                      `cargo xtask cluster down` first to serve /debug/pprof"
@@ -234,6 +232,11 @@ fn cleanup_after_failure(paths: &Paths, err: anyhow::Error) -> anyhow::Error {
         "`cargo xtask cluster up` FAILED; logs are in {}",
         paths.logs().display()
     ))
+}
+
+/// kube-apiserver's flag that serves (or not) /debug/pprof.
+fn profiling_flag(on: bool) -> String {
+    format!("--profiling={on}")
 }
 
 fn start_core(paths: &Paths, built: &Built, root: &Path, profiling: bool) -> Result<State> {
@@ -319,7 +322,7 @@ fn start_core(paths: &Paths, built: &Built, root: &Path, profiling: bool) -> Res
         "--disable-admission-plugins=ServiceAccount,TaintNodesByCondition".to_string(),
         "--endpoint-reconciler-type=none".to_string(),
         "--allow-privileged=true".to_string(),
-        format!("--profiling={profiling}"),
+        profiling_flag(profiling),
     ];
     state.components.push(spawn(
         paths,
